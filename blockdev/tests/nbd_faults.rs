@@ -166,7 +166,7 @@ fn read_error_against(misbehave: fn(&mut TcpStream, Request)) -> Error {
     });
     let dev = NbdDevice::connect(&srv.uri(), quick_opts()).unwrap();
     let mut buf = vec![0xeeu8; 4096];
-    let err = dev.read_at(0, &mut buf).err().expect("read succeeded");
+    let err = dev.read_at(0, &mut buf).expect_err("read succeeded");
     assert!(
         srv.accepted.load(Ordering::SeqCst) >= 2,
         "the client did not try to reconnect"
@@ -244,7 +244,7 @@ fn server_error_is_reported_with_its_name() {
     });
     let dev = NbdDevice::connect(&srv.uri(), quick_opts()).unwrap();
     let mut buf = vec![0u8; 4096];
-    let err = dev.read_at(8192, &mut buf).err().expect("EIO ignored");
+    let err = dev.read_at(8192, &mut buf).expect_err("EIO ignored");
     assert!(matches!(err, Error::Server { errno: 5, .. }), "{err}");
     assert!(
         err.to_string().contains("EIO") && err.to_string().contains("8192"),
@@ -500,8 +500,7 @@ fn lost_connection_is_reopened_and_unflushed_writes_are_reported() {
     // the flush must not vouch for it...
     let err = dev
         .flush()
-        .err()
-        .expect("flush vouched for a write of a lost connection");
+        .expect_err("flush vouched for a write of a lost connection");
     assert!(
         matches!(err, Error::DurabilityUnknown { writes: 1, .. }),
         "{err}"
@@ -558,8 +557,7 @@ fn fenced_client_is_cut_off_and_others_are_not() {
     let before = std::fs::read(&img).unwrap();
     let err = n1
         .write_at(4096, &pattern(4096, 43))
-        .err()
-        .expect("fenced write accepted");
+        .expect_err("fenced write accepted");
     assert!(matches!(err, Error::Fenced { .. }), "{err}");
     assert_eq!(err.errno(), libc::EPERM);
     assert!(n1.flush().is_err(), "fenced flush accepted");
