@@ -388,4 +388,14 @@ mod tests {
         ));
         assert!(d.is_crashed());
     }
+
+    #[test]
+    fn latency_is_added_to_every_call() {
+        let (_f, d) = dev();
+        d.set_latency(Some(Duration::from_millis(30)));
+        let started = std::time::Instant::now();
+        d.write_at(0, &[1u8; 512]).unwrap();
+        d.flush().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(60));
+    }
 }

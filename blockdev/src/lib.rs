@@ -153,7 +153,13 @@ pub fn open(spec: &str, read_only: bool) -> Result<Arc<dyn BlockDevice>> {
             },
         )?)),
         uri @ (DeviceUri::NbdTcp { .. } | DeviceUri::NbdUnix { .. }) => {
-            Ok(Arc::new(NbdDevice::connect(&uri, NbdOptions::default())?))
+            Ok(Arc::new(NbdDevice::connect(
+                &uri,
+                NbdOptions {
+                    read_only,
+                    ..NbdOptions::default()
+                },
+            )?))
         }
     }
 }

@@ -587,3 +587,90 @@ fn fenced_client_is_cut_off_and_others_are_not() {
     assert_eq!(&after[8192..12288], &c[..]);
     srv.assert_running();
 }
+
+#[test]
+fn old_server_gets_export_name_and_only_the_commands_it_offers() {
+    // A fixed-newstyle server that knows no NBD_OPT_GO, pads with 124 zero
+    // bytes, and offers neither FLUSH, FUA nor TRIM: the client must fall
+    // back to NBD_OPT_EXPORT_NAME and never send what was not offered.
+    let violations = Arc::new(AtomicUsize::new(0));
+    let v2 = violations.clone();
+    let srv = FakeServer::start(move |_, mut s| {
+        let mut g = NBDMAGIC.to_be_bytes().to_vec();
+        g.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        g.extend_from_slice(&FLAG_FIXED_NEWSTYLE.to_be_bytes());
+        if s.write_all(&g).is_err() {
+            return;
+        }
+        let mut cf = [0u8; 4];
+        if s.read_exact(&mut cf).is_err() {
+            return;
+        }
+        let mut disk = vec![0u8; 1 << 20];
+        loop {
+            let mut h = [0u8; OPTION_HEADER_LEN];
+            if s.read_exact(&mut h).is_err() {
+                return;
+            }
+            let (opt, len) = decode_option_header(&h).unwrap();
+            let mut d = vec![0u8; len as usize];
+            s.read_exact(&mut d).unwrap();
+            if opt != OPT_EXPORT_NAME {
+                s.write_all(&encode_option_reply(opt, REP_ERR_UNSUP, &[]))
+                    .unwrap();
+                continue;
+            }
+            let mut e = (disk.len() as u64).to_be_bytes().to_vec();
+            e.extend_from_slice(&TFLAG_HAS_FLAGS.to_be_bytes());
+            e.extend_from_slice(&[0u8; 124]);
+            s.write_all(&e).unwrap();
+            break;
+        }
+        loop {
+            let mut h = [0u8; REQUEST_LEN];
+            if s.read_exact(&mut h).is_err() {
+                return;
+            }
+            let r = Request::decode(&h).unwrap();
+            let (off, len) = (r.offset as usize, r.len as usize);
+            let mut err = 0;
+            if r.flags != 0 || !matches!(r.cmd, CMD_READ | CMD_WRITE | CMD_DISC) {
+                v2.fetch_add(1, Ordering::SeqCst);
+                err = 22;
+            }
+            match r.cmd {
+                CMD_DISC => return,
+                CMD_WRITE => {
+                    s.read_exact(&mut disk[off..off + len]).unwrap();
+                }
+                _ => {}
+            }
+            let rep = SimpleReply {
+                error: err,
+                handle: r.handle,
+            }
+            .encode();
+            s.write_all(&rep).unwrap();
+            if r.cmd == CMD_READ && err == 0 {
+                s.write_all(&disk[off..off + len]).unwrap();
+            }
+        }
+    });
+    let dev = NbdDevice::connect(&srv.uri(), quick_opts()).unwrap();
+    assert!(!dev.export_info().used_go);
+    assert_eq!(dev.size(), 1 << 20);
+    let caps = dev.capabilities();
+    assert!(!caps.fua && !caps.trim);
+    let data = pattern(8192, 51);
+    dev.write_fua_at(4096, &data).unwrap();
+    dev.flush().unwrap();
+    assert!(matches!(dev.trim(0, 4096), Err(Error::Unsupported { .. })));
+    let mut back = vec![0u8; 8192];
+    dev.read_at(4096, &mut back).unwrap();
+    assert_eq!(back, data);
+    assert_eq!(
+        violations.load(Ordering::SeqCst),
+        0,
+        "client sent a command or flag the server did not offer"
+    );
+}

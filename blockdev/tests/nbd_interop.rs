@@ -231,6 +231,13 @@ fn nbdinfo_and_nbdcopy_against_our_server() {
         std::fs::read(&img).unwrap() == std::fs::read(&src).unwrap(),
         "nbdcopy's write did not land byte-identical"
     );
+    // blockdev::open, the entry point the file system uses, reads it too.
+    let dev = blockdev::open(&uri, true).unwrap();
+    let mut all = vec![0u8; IMG_LEN];
+    dev.read_at(0, &mut all).unwrap();
+    assert!(all == std::fs::read(&src).unwrap());
+    assert!(dev.capabilities().read_only);
+    assert!(matches!(dev.write_at(0, &all[..4096]), Err(blockdev::Error::ReadOnly { .. })));
     let out = s.path("out.img");
     run_ok(Command::new("nbdcopy").arg(&uri).arg(&out), T);
     assert!(

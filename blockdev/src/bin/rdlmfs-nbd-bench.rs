@@ -22,7 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "rdlmfs-nbd-bench", about = "NBD client/server benchmark against fio/libnbd, nbdkit, qemu-nbd and nbd-server")]
+#[command(
+    name = "rdlmfs-nbd-bench",
+    about = "NBD client/server benchmark against fio/libnbd, nbdkit, qemu-nbd and nbd-server"
+)]
 struct Cli {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3)]
@@ -48,12 +51,48 @@ struct Workload {
 }
 
 const WORKLOADS: [Workload; 6] = [
-    Workload { name: "randread 4k qd1", write: false, random: true, bs: 4096, qd: 1 },
-    Workload { name: "randread 4k qd16", write: false, random: true, bs: 4096, qd: 16 },
-    Workload { name: "randwrite 4k qd1", write: true, random: true, bs: 4096, qd: 1 },
-    Workload { name: "randwrite 4k qd16", write: true, random: true, bs: 4096, qd: 16 },
-    Workload { name: "seqread 1M qd1", write: false, random: false, bs: 1 << 20, qd: 1 },
-    Workload { name: "seqwrite 1M qd1", write: true, random: false, bs: 1 << 20, qd: 1 },
+    Workload {
+        name: "randread 4k qd1",
+        write: false,
+        random: true,
+        bs: 4096,
+        qd: 1,
+    },
+    Workload {
+        name: "randread 4k qd16",
+        write: false,
+        random: true,
+        bs: 4096,
+        qd: 16,
+    },
+    Workload {
+        name: "randwrite 4k qd1",
+        write: true,
+        random: true,
+        bs: 4096,
+        qd: 1,
+    },
+    Workload {
+        name: "randwrite 4k qd16",
+        write: true,
+        random: true,
+        bs: 4096,
+        qd: 16,
+    },
+    Workload {
+        name: "seqread 1M qd1",
+        write: false,
+        random: false,
+        bs: 1 << 20,
+        qd: 1,
+    },
+    Workload {
+        name: "seqwrite 1M qd1",
+        write: true,
+        random: false,
+        bs: 1 << 20,
+        qd: 1,
+    },
 ];
 
 /// A server child, killed by PID when dropped.
@@ -83,7 +122,9 @@ impl Drop for Server {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> Result<Child, String> {
@@ -114,7 +155,12 @@ fn start_server(name: &str, dir: &Path, image: &Path) -> Result<Server, String> 
                     .env("RUST_LOG", "warn"),
                 &log,
             )?;
-            Server { name: "rdlmfs-nbd", uri: unix_uri, child: Some(child), pidfile: None }
+            Server {
+                name: "rdlmfs-nbd",
+                uri: unix_uri,
+                child: Some(child),
+                pidfile: None,
+            }
         }
         "nbdkit" => {
             let child = spawn(
@@ -125,7 +171,12 @@ fn start_server(name: &str, dir: &Path, image: &Path) -> Result<Server, String> 
                     .arg(format!("file={}", image.display())),
                 &log,
             )?;
-            Server { name: "nbdkit", uri: unix_uri, child: Some(child), pidfile: None }
+            Server {
+                name: "nbdkit",
+                uri: unix_uri,
+                child: Some(child),
+                pidfile: None,
+            }
         }
         "qemu-nbd" => {
             let child = spawn(
@@ -135,7 +186,12 @@ fn start_server(name: &str, dir: &Path, image: &Path) -> Result<Server, String> 
                     .arg(image),
                 &log,
             )?;
-            Server { name: "qemu-nbd", uri: unix_uri, child: Some(child), pidfile: None }
+            Server {
+                name: "qemu-nbd",
+                uri: unix_uri,
+                child: Some(child),
+                pidfile: None,
+            }
         }
         "nbd-server" => {
             let port = free_port().map_err(|e| e.to_string())?;
@@ -174,10 +230,19 @@ fn start_server(name: &str, dir: &Path, image: &Path) -> Result<Server, String> 
     let deadline = Instant::now() + Duration::from_secs(20);
     let uri = DeviceUri::parse(&server.uri).map_err(|e| e.to_string())?;
     loop {
-        match NbdDevice::connect(&uri, NbdOptions { connections: 1, ..NbdOptions::default() }) {
+        match NbdDevice::connect(
+            &uri,
+            NbdOptions {
+                connections: 1,
+                ..NbdOptions::default()
+            },
+        ) {
             Ok(_) => return Ok(server),
             Err(e) if Instant::now() > deadline => {
-                return Err(format!("{name} did not come up: {e} (log {})", log.display()))
+                return Err(format!(
+                    "{name} did not come up: {e} (log {})",
+                    log.display()
+                ))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -223,7 +288,8 @@ fn run_ours(dev: &Arc<NbdDevice>, w: Workload, secs: u64) -> Result<f64, String>
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
     for t in threads {
-        t.join().map_err(|_| "benchmark thread panicked".to_string())??;
+        t.join()
+            .map_err(|_| "benchmark thread panicked".to_string())??;
     }
     if w.write {
         dev.flush().map_err(|e| e.to_string())?;
@@ -255,7 +321,10 @@ fn run_fio(uri: &str, w: Workload, secs: u64, size_mib: u64) -> Result<f64, Stri
         .output()
         .map_err(|e| format!("fio: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let json = text.find('{').map(|i| &text[i..]).ok_or("fio printed no JSON")?;
+    let json = text
+        .find('{')
+        .map(|i| &text[i..])
+        .ok_or("fio printed no JSON")?;
     let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("fio JSON: {e}"))?;
     let dir = if w.write { "write" } else { "read" };
     v["jobs"][0][dir]["iops"]
@@ -309,14 +378,23 @@ fn run(cli: &Cli) -> Result<(), String> {
         "rdlmfs-nbd-bench: {} MiB image, {} s per measurement, loopback; fio/libnbd baseline {}",
         cli.size_mib,
         cli.seconds,
-        if have_fio { "available" } else { "NOT available (install fio)" }
+        if have_fio {
+            "available"
+        } else {
+            "NOT available (install fio)"
+        }
     );
     println!(
         "{:<11} {:<18} {:>14} {:>14} {:>9}  conns",
         "server", "workload", "ours", "fio/libnbd", "ours/fio"
     );
     let mut ours_by_server: Vec<(String, Vec<f64>)> = Vec::new();
-    for name in cli.servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for name in cli
+        .servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let server = match start_server(name, dir.path(), &image) {
             Ok(s) => s,
             Err(e) => {
@@ -357,7 +435,9 @@ fn run(cli: &Cli) -> Result<(), String> {
         ours_by_server.push((server.name.to_string(), ours_row));
     }
     if let Some((_, base)) = ours_by_server.iter().find(|(n, _)| n == "rdlmfs-nbd") {
-        println!("\nour client on each server, relative to rdlmfs-nbd (higher = that server is faster):");
+        println!(
+            "\nour client on each server, relative to rdlmfs-nbd (higher = that server is faster):"
+        );
         for (name, row) in &ours_by_server {
             let ratios: Vec<String> = row
                 .iter()

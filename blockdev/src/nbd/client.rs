@@ -29,7 +29,7 @@ use crate::error::{Error, Op, Result, NBD_EPERM};
 use crate::uri::DeviceUri;
 use crate::{check_range, BlockDevice, Capabilities};
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -442,7 +442,9 @@ struct ConnState {
 struct Conn {
     name: String,
     writer: Mutex<Stream>,
-    reader: Mutex<Stream>,
+    /// Buffered, so one system call can bring in several replies when many
+    /// requests are in flight.
+    reader: Mutex<BufReader<Stream>>,
     /// A third handle on the socket, used only to shut it down so a reader
     /// blocked in `read` wakes up even while a writer holds `writer`.
     ctl: Stream,
@@ -455,6 +457,9 @@ struct Conn {
 /// How long a waiter sleeps before re-checking, in case a wake-up is lost to
 /// a race; correctness never depends on it.
 const PARK_SLICE: Duration = Duration::from_millis(50);
+
+/// Size of the reply read buffer.
+const READ_BUFFER: usize = 256 << 10;
 
 impl Conn {
     fn open(uri: &DeviceUri, name: &str, opts: &NbdOptions) -> Result<(Conn, ExportInfo)> {
@@ -527,7 +532,7 @@ impl Conn {
             Conn {
                 name: name.to_string(),
                 writer: Mutex::new(stream),
-                reader: Mutex::new(reader),
+                reader: Mutex::new(BufReader::with_capacity(READ_BUFFER, reader)),
                 ctl,
                 state: Mutex::new(ConnState {
                     pending: HashMap::new(),
@@ -691,7 +696,7 @@ impl Conn {
     #[allow(clippy::type_complexity)]
     fn read_one(
         &self,
-        r: &mut Stream,
+        r: &mut BufReader<Stream>,
         own: u64,
         own_buf: Option<&mut [u8]>,
     ) -> std::result::Result<Option<std::result::Result<(), CallError>>, String> {
