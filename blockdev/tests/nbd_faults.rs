@@ -674,3 +674,32 @@ fn old_server_gets_export_name_and_only_the_commands_it_offers() {
         "client sent a command or flag the server did not offer"
     );
 }
+
+#[test]
+fn flush_notices_every_lost_connection_that_held_writes() {
+    let s = Scratch::new("reconnect-multi");
+    let (_h, sock, _) = serve_image(&s, 1 << 20);
+    let proxy = Proxy::start(sock);
+    let dev = NbdDevice::connect(
+        &DeviceUri::parse(&format!("nbd://{}/", proxy.addr)).unwrap(),
+        NbdOptions {
+            connections: 4,
+            reconnect_attempts: 3,
+            ..quick_opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(dev.connections(), 4);
+    for i in 0..8u64 {
+        dev.write_at(i * 4096, &pattern(4096, i as u8)).unwrap();
+    }
+    proxy.cut_all();
+    let err = dev
+        .flush()
+        .expect_err("flush vouched for writes of lost connections");
+    assert!(
+        matches!(err, Error::DurabilityUnknown { writes: 8, .. }),
+        "every write of every lost connection must be counted: {err}"
+    );
+    dev.flush().unwrap();
+}

@@ -237,7 +237,10 @@ fn nbdinfo_and_nbdcopy_against_our_server() {
     dev.read_at(0, &mut all).unwrap();
     assert!(all == std::fs::read(&src).unwrap());
     assert!(dev.capabilities().read_only);
-    assert!(matches!(dev.write_at(0, &all[..4096]), Err(blockdev::Error::ReadOnly { .. })));
+    assert!(matches!(
+        dev.write_at(0, &all[..4096]),
+        Err(blockdev::Error::ReadOnly { .. })
+    ));
     let out = s.path("out.img");
     run_ok(Command::new("nbdcopy").arg(&uri).arg(&out), T);
     assert!(

@@ -364,13 +364,35 @@ impl BlockDevice for NbdDevice {
             })
             .collect();
         if self.info.has(TFLAG_SEND_FLUSH) {
-            // With one connection, or multi-conn, one flush covers them all.
-            self.submit(Op::Flush, CMD_FLUSH, 0, 0, 0, None, None, Some(0))?;
+            // Under multi-conn one flush would cover every connection, but
+            // only a request on a connection shows whether it is still alive:
+            // a connection that died with completed writes must be noticed
+            // here, or this flush would vouch for writes the server may have
+            // lost. So every connection holding unflushed writes is flushed
+            // (the server's later fdatasyncs find nothing left to write).
+            let mut targets: Vec<usize> = snapshot
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, n))| *n > 0)
+                .map(|(i, _)| i)
+                .collect();
+            if targets.is_empty() {
+                targets.push(0);
+            }
+            for idx in targets {
+                self.submit(Op::Flush, CMD_FLUSH, 0, 0, 0, None, None, Some(idx))?;
+            }
         }
         // Without SEND_FLUSH the server has no volatile cache: a write is
         // durable when its reply arrives, and the protocol forbids FLUSH.
         for (c, n) in snapshot {
-            c.unflushed.fetch_sub(n, Ordering::AcqRel);
+            // Saturating: a connection that died meanwhile already handed
+            // its count to `lost_unflushed` and was reset to zero.
+            let _ = c
+                .unflushed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    Some(v.saturating_sub(n))
+                });
         }
         let lost = self.lost_unflushed.swap(0, Ordering::AcqRel);
         if lost > 0 {
