@@ -703,3 +703,65 @@ fn flush_notices_every_lost_connection_that_held_writes() {
     );
     dev.flush().unwrap();
 }
+
+#[test]
+fn eight_readers_are_pipelined_on_one_connection() {
+    // The server answers nothing until it holds eight requests at once: a
+    // client that serialised its readers behind one socket would never get
+    // there and the reads would fail on the I/O timeout.
+    let srv = FakeServer::start(|_, mut s| {
+        if !fake_handshake(&mut s, 0) {
+            return;
+        }
+        let mut held = Vec::new();
+        while held.len() < 8 {
+            match read_request(&mut s) {
+                Some(r) => held.push(r),
+                None => return,
+            }
+        }
+        for r in held.iter().rev() {
+            let mut out = SimpleReply {
+                error: 0,
+                handle: r.handle,
+            }
+            .encode()
+            .to_vec();
+            out.extend(std::iter::repeat_n((r.offset / 4096) as u8, r.len as usize));
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+        thread::sleep(Duration::from_secs(5));
+    });
+    let dev = Arc::new(
+        NbdDevice::connect(
+            &srv.uri(),
+            NbdOptions {
+                io_timeout: Duration::from_secs(10),
+                ..quick_opts()
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(dev.connections(), 1, "the fake server offers no multi-conn");
+    let readers: Vec<_> = (0..8u64)
+        .map(|i| {
+            let d = dev.clone();
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                d.read_at(i * 4096, &mut buf).map(|_| buf)
+            })
+        })
+        .collect();
+    for (i, r) in readers.into_iter().enumerate() {
+        let buf = r
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("reader {i}: {e}"));
+        assert!(
+            buf.iter().all(|&b| b == i as u8),
+            "reader {i} got another reader's data"
+        );
+    }
+}

@@ -166,8 +166,17 @@ fn qemu_img_reads_and_writes_our_server() {
     let s = Scratch::new("qemu-img");
     let img = s.image("disk.img", IMG_LEN, 4);
     let src = s.image("src.img", IMG_LEN, 5);
-    let (_srv, sock, _admin) = start_rdlmfs_nbd(&s, &img, "srv", &["--export", "disk"]);
-    let uri = unix_uri(&sock, "disk");
+    // Over TCP, as nbd://host:port/export.
+    let port = free_port();
+    let (mut srv, _sock, _admin) = start_rdlmfs_nbd_on(
+        &s,
+        &img,
+        "srv",
+        &format!("127.0.0.1:{port}"),
+        &["--export", "disk"],
+    );
+    wait_tcp(&mut srv, ([127, 0, 0, 1], port).into(), T);
+    let uri = format!("nbd://127.0.0.1:{port}/disk");
     // qemu-img writes our export...
     run_ok(
         Command::new("qemu-img")
@@ -299,4 +308,31 @@ fn a_second_read_write_export_of_one_image_is_refused() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already exported"), "unclear error: {err}");
+}
+
+#[test]
+fn sigterm_flushes_and_exits_cleanly() {
+    let s = Scratch::new("sigterm");
+    let img = s.image("disk.img", 1 << 20, 12);
+    let (mut srv, sock, admin) = start_rdlmfs_nbd(&s, &img, "srv", &[]);
+    let dev = connect(&unix_uri(&sock, ""));
+    let data = pattern(4096, 13);
+    dev.write_at(0, &data).unwrap();
+    // SAFETY: signalling the child this test started, by its PID.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGTERM) };
+    let status = srv
+        .wait_exit(T)
+        .expect("rdlmfs-nbd did not exit on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(!sock.exists() && !admin.exists(), "sockets left behind");
+    assert_eq!(&std::fs::read(&img).unwrap()[..4096], &data[..]);
+    // The client sees a clear error, not a hang.
+    let mut buf = vec![0u8; 4096];
+    let err = dev
+        .read_at(0, &mut buf)
+        .expect_err("read from a stopped server");
+    assert!(
+        matches!(err, blockdev::Error::ConnectionLost { .. }),
+        "{err}"
+    );
 }

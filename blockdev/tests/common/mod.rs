@@ -243,13 +243,24 @@ pub fn start_rdlmfs_nbd(
     tag: &str,
     extra: &[&str],
 ) -> (ChildGuard, PathBuf, PathBuf) {
+    start_rdlmfs_nbd_on(scratch, image, tag, "none", extra)
+}
+
+/// Like [`start_rdlmfs_nbd`], also listening on TCP at `listen`.
+pub fn start_rdlmfs_nbd_on(
+    scratch: &Scratch,
+    image: &Path,
+    tag: &str,
+    listen: &str,
+    extra: &[&str],
+) -> (ChildGuard, PathBuf, PathBuf) {
     let sock = scratch.path(&format!("{tag}.sock"));
     let admin = scratch.path(&format!("{tag}.admin"));
     let mut cmd = Command::new(rdlmfs_nbd());
     cmd.arg("serve")
         .arg(image)
         .arg("--listen")
-        .arg("none")
+        .arg(listen)
         .arg("--unix")
         .arg(&sock)
         .arg("--admin")
