@@ -1,4 +1,9 @@
-//! The multi-process cluster harness and stress tools of rdlmfs (not built
-//! yet): starting an NBD server, formatting, mounting N nodes as N
-//! processes, killing one, and checking the survivors; and `rdlmfs-fsx`.
+//! The stress testers users run against a cluster, and (later) the
+//! multi-process cluster harness of rdlmfs.
+//!
+//! - [`fsx`]: `rdlmfs-fsx`, random data operations on one file checked
+//!   against a shadow copy, through one or several paths (nodes).
+//!
 //! The shared-disk tests of the `blockdev` crate live beside that crate.
+
+pub mod fsx;
