@@ -1,7 +1,16 @@
-//! rdlm — the distributed lock manager of rdlmfs (not built yet).
+//! rdlm — the distributed lock manager of rdlmfs.
 //!
-//! This crate will own lockspaces, resources and locks in the six VMS modes,
-//! mastery through a resource directory, deadlock detection, membership and
-//! recovery, as a sans-I/O core driven by a tokio/quinn transport. It knows
-//! nothing of disks or file systems. Until that issue lands it exports
-//! nothing, so nothing can depend on a lock manager that does not exist.
+//! Built so far: the lock semantics a resource's master applies, as a pure
+//! state machine — [`mode`] (the six VMS modes and their compatibility) and
+//! [`resource`] (grant, convert and wait queues, conversions, flags, LVB
+//! rules, blocking callbacks, fencing sequence numbers, purging a node's
+//! locks). Not built yet: lockspaces with a resource directory and
+//! mastery, deadlock detection across nodes, the QUIC transport,
+//! membership and recovery, and the `rdlm` command. The crate knows nothing
+//! of disks or file systems.
+
+pub mod mode;
+pub mod resource;
+
+pub use mode::Mode;
+pub use resource::{Event, Flags, LockError, LockId, NodeId, Resource};
