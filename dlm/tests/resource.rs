@@ -352,10 +352,23 @@ proptest! {
         };
         for c in calls {
             let res = match c {
-                Call::Request(l, m, nq) => r.request(id(u32::from(l), 1), m, if nq { Flags::NOQUEUE } else { Flags::NONE }, None).map(|ev| { if !nq { pending.insert(id(u32::from(l), 1), ()); } ev }),
+                Call::Request(l, m, nq) => {
+                    let lock = id(u32::from(l), 1);
+                    let f = if nq { Flags::NOQUEUE } else { Flags::NONE };
+                    let r = r.request(lock, m, f, None);
+                    if r.is_ok() && !nq {
+                        pending.insert(lock, ());
+                    }
+                    r
+                }
                 Call::Convert(l, m, dl) => {
+                    let lock = id(u32::from(l), 1);
                     let f = Flags::CONVERT | if dl { Flags::CONVDEADLK } else { Flags::NONE };
-                    r.convert(id(u32::from(l), 1), m, f, None, None).map(|ev| { pending.insert(id(u32::from(l), 1), ()); ev })
+                    let r = r.convert(lock, m, f, None, None);
+                    if r.is_ok() {
+                        pending.insert(lock, ());
+                    }
+                    r
                 }
                 Call::Unlock(l) => r.unlock(id(u32::from(l), 1), Flags::NONE, None),
                 Call::Cancel(l) => r.cancel(id(u32::from(l), 1)),
