@@ -3,7 +3,11 @@
 //!
 //! - [`fsx`]: `rdlmfs-fsx`, random data operations on one file checked
 //!   against a shadow copy, through one or several paths (nodes).
+//! - [`mount`]: mounting and reliably unmounting FUSE file systems in tests
+//!   (used with `rdlmfs-testfs`, the deliberately breakable passthrough that
+//!   proves the checkers can fail).
 //!
 //! The shared-disk tests of the `blockdev` crate live beside that crate.
 
 pub mod fsx;
+pub mod mount;
