@@ -3,6 +3,9 @@
 //!
 //! - [`fsx`]: `rdlmfs-fsx`, random data operations on one file checked
 //!   against a shadow copy, through one or several paths (nodes).
+//! - [`stress`]: `rdlmfs-stress`, concurrent metadata operations through
+//!   several paths checked by comparing the trees each path shows, and the
+//!   fcntl lock ping-pong.
 //! - [`mount`]: mounting and reliably unmounting FUSE file systems in tests
 //!   (used with `rdlmfs-testfs`, the deliberately breakable passthrough that
 //!   proves the checkers can fail).
@@ -11,3 +14,4 @@
 
 pub mod fsx;
 pub mod mount;
+pub mod stress;
