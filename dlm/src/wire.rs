@@ -1,0 +1,471 @@
+//! Messages between lock manager nodes and their byte encoding.
+//!
+//! Every message is one frame: a fixed header (magic, protocol version,
+//! type, lockspace generation, sender, body length) and a body whose length
+//! the header states exactly. Decoding is total: any byte string yields a
+//! message or a [`WireError`] naming what was wrong; nothing panics, nothing
+//! allocates more than the frame limit. No I/O here.
+
+use crate::mode::Mode;
+use crate::resource::{LockError, LockId, NodeId, MAX_NAME};
+
+pub const MAGIC: u16 = 0x524c; // "RL"
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 16;
+/// Largest body accepted (names, LVBs and error texts are all bounded).
+pub const MAX_BODY: usize = 4096;
+/// Largest LVB carried.
+pub const MAX_LVB: usize = 1024;
+/// Longest error text carried.
+pub const MAX_TEXT: usize = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// To a directory node: who masters `name`?
+    Lookup {
+        name: Vec<u8>,
+    },
+    /// The directory's answer.
+    LookupReply {
+        name: Vec<u8>,
+        master: NodeId,
+    },
+    /// To a master: a new lock.
+    Request {
+        lkid: u64,
+        name: Vec<u8>,
+        mode: Mode,
+        flags: u32,
+    },
+    Convert {
+        lkid: u64,
+        name: Vec<u8>,
+        mode: Mode,
+        flags: u32,
+        lvb: Option<Vec<u8>>,
+    },
+    Unlock {
+        lkid: u64,
+        name: Vec<u8>,
+        flags: u32,
+        lvb: Option<Vec<u8>>,
+    },
+    Cancel {
+        lkid: u64,
+        name: Vec<u8>,
+    },
+    /// From a master: a request was granted.
+    Granted {
+        lkid: u64,
+        name: Vec<u8>,
+        mode: Mode,
+        seq: u64,
+        demoted: bool,
+        lvb_valid: bool,
+        lvb: Option<Vec<u8>>,
+    },
+    /// From a master: a request failed.
+    Failed {
+        lkid: u64,
+        name: Vec<u8>,
+        error: LockError,
+    },
+    /// From a master: an unlock completed.
+    Unlocked {
+        lkid: u64,
+        name: Vec<u8>,
+    },
+    /// From a master: the lock blocks a request for `mode`.
+    Blocking {
+        lkid: u64,
+        name: Vec<u8>,
+        mode: Mode,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub generation: u32,
+    pub from: NodeId,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {0} bytes is shorter than the {HEADER_LEN}-byte header")]
+    Short(usize),
+    #[error("bad magic {0:#06x}")]
+    BadMagic(u16),
+    #[error("protocol version {0} not supported (this node speaks {VERSION})")]
+    Version(u8),
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    #[error("body length {stated} stated, {actual} present")]
+    Length { stated: usize, actual: usize },
+    #[error("body of {0} bytes exceeds the {MAX_BODY}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed {what}: {detail}")]
+    Malformed { what: &'static str, detail: String },
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        self.0.extend_from_slice(b);
+    }
+    fn opt(&mut self, b: &Option<Vec<u8>>) {
+        match b {
+            Some(b) => {
+                self.u8(1);
+                self.bytes(b);
+            }
+            None => self.u8(0),
+        }
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, detail: impl Into<String>) -> WireError {
+        WireError::Malformed {
+            what: self.what,
+            detail: detail.into(),
+        }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.b.len() < n {
+            return Err(self.err(format!(
+                "truncated: needed {n} more bytes, {} left",
+                self.b.len()
+            )));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn bytes(&mut self, max: usize, field: &str) -> Result<Vec<u8>, WireError> {
+        let n = {
+            let b = self.take(2)?;
+            usize::from(u16::from_be_bytes([b[0], b[1]]))
+        };
+        if n > max {
+            return Err(self.err(format!("{field} of {n} bytes exceeds {max}")));
+        }
+        Ok(self.take(n)?.to_vec())
+    }
+    fn name(&mut self) -> Result<Vec<u8>, WireError> {
+        let n = self.bytes(MAX_NAME, "resource name")?;
+        if n.is_empty() {
+            return Err(self.err("empty resource name"));
+        }
+        Ok(n)
+    }
+    fn mode(&mut self) -> Result<Mode, WireError> {
+        let v = self.u8()?;
+        Mode::from_u8(v).ok_or_else(|| self.err(format!("unknown mode {v}")))
+    }
+    fn bool(&mut self) -> Result<bool, WireError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(self.err(format!("boolean {v}"))),
+        }
+    }
+    fn opt_lvb(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        Ok(if self.bool()? {
+            Some(self.bytes(MAX_LVB, "LVB")?)
+        } else {
+            None
+        })
+    }
+    fn end(&self) -> Result<(), WireError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(self.err(format!("{} trailing bytes", self.b.len())))
+        }
+    }
+}
+
+fn type_of(b: &Body) -> u8 {
+    match b {
+        Body::Lookup { .. } => 1,
+        Body::LookupReply { .. } => 2,
+        Body::Request { .. } => 3,
+        Body::Convert { .. } => 4,
+        Body::Unlock { .. } => 5,
+        Body::Cancel { .. } => 6,
+        Body::Granted { .. } => 7,
+        Body::Failed { .. } => 8,
+        Body::Unlocked { .. } => 9,
+        Body::Blocking { .. } => 10,
+    }
+}
+
+fn encode_error(w: &mut Writer, e: &LockError) {
+    match e {
+        LockError::WouldBlock => w.u8(1),
+        LockError::Deadlock { with } => {
+            w.u8(2);
+            w.u32(with.node);
+            w.u64(with.lkid);
+        }
+        LockError::Cancelled => w.u8(3),
+        LockError::TimedOut => w.u8(4),
+        LockError::Invalid(t) => {
+            w.u8(5);
+            let t = t.as_bytes();
+            w.bytes(&t[..t.len().min(MAX_TEXT)]);
+        }
+        LockError::Busy(id, why) => {
+            w.u8(6);
+            w.u32(id.node);
+            w.u64(id.lkid);
+            w.bytes(why.as_bytes());
+        }
+        LockError::UnknownLock(id) => {
+            w.u8(7);
+            w.u32(id.node);
+            w.u64(id.lkid);
+        }
+    }
+}
+
+fn decode_error(r: &mut Reader<'_>) -> Result<LockError, WireError> {
+    Ok(match r.u8()? {
+        1 => LockError::WouldBlock,
+        2 => LockError::Deadlock {
+            with: LockId {
+                node: r.u32()?,
+                lkid: r.u64()?,
+            },
+        },
+        3 => LockError::Cancelled,
+        4 => LockError::TimedOut,
+        5 => LockError::Invalid(
+            String::from_utf8_lossy(&r.bytes(MAX_TEXT, "error text")?).into_owned(),
+        ),
+        6 => {
+            let id = LockId {
+                node: r.u32()?,
+                lkid: r.u64()?,
+            };
+            let _why = r.bytes(MAX_TEXT, "error text")?;
+            LockError::Busy(id, "busy on the master")
+        }
+        7 => LockError::UnknownLock(LockId {
+            node: r.u32()?,
+            lkid: r.u64()?,
+        }),
+        v => return Err(r.err(format!("unknown error code {v}"))),
+    })
+}
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(64));
+        match &self.body {
+            Body::Lookup { name } => w.bytes(name),
+            Body::LookupReply { name, master } => {
+                w.bytes(name);
+                w.u32(*master);
+            }
+            Body::Request {
+                lkid,
+                name,
+                mode,
+                flags,
+            } => {
+                w.u64(*lkid);
+                w.bytes(name);
+                w.u8(*mode as u8);
+                w.u32(*flags);
+            }
+            Body::Convert {
+                lkid,
+                name,
+                mode,
+                flags,
+                lvb,
+            } => {
+                w.u64(*lkid);
+                w.bytes(name);
+                w.u8(*mode as u8);
+                w.u32(*flags);
+                w.opt(lvb);
+            }
+            Body::Unlock {
+                lkid,
+                name,
+                flags,
+                lvb,
+            } => {
+                w.u64(*lkid);
+                w.bytes(name);
+                w.u32(*flags);
+                w.opt(lvb);
+            }
+            Body::Cancel { lkid, name } | Body::Unlocked { lkid, name } => {
+                w.u64(*lkid);
+                w.bytes(name);
+            }
+            Body::Granted {
+                lkid,
+                name,
+                mode,
+                seq,
+                demoted,
+                lvb_valid,
+                lvb,
+            } => {
+                w.u64(*lkid);
+                w.bytes(name);
+                w.u8(*mode as u8);
+                w.u64(*seq);
+                w.u8(u8::from(*demoted));
+                w.u8(u8::from(*lvb_valid));
+                w.opt(lvb);
+            }
+            Body::Failed { lkid, name, error } => {
+                w.u64(*lkid);
+                w.bytes(name);
+                encode_error(&mut w, error);
+            }
+            Body::Blocking { lkid, name, mode } => {
+                w.u64(*lkid);
+                w.bytes(name);
+                w.u8(*mode as u8);
+            }
+        }
+        let body = w.0;
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(&MAGIC.to_be_bytes());
+        out.push(VERSION);
+        out.push(type_of(&self.body));
+        out.extend_from_slice(&self.generation.to_be_bytes());
+        out.extend_from_slice(&self.from.to_be_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes one whole frame.
+    pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
+        if frame.len() < HEADER_LEN {
+            return Err(WireError::Short(frame.len()));
+        }
+        let magic = u16::from_be_bytes([frame[0], frame[1]]);
+        if magic != MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        if frame[2] != VERSION {
+            return Err(WireError::Version(frame[2]));
+        }
+        let ty = frame[3];
+        let generation = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let from = u32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
+        let stated = u32::from_be_bytes([frame[12], frame[13], frame[14], frame[15]]) as usize;
+        if stated > MAX_BODY {
+            return Err(WireError::TooLarge(stated));
+        }
+        let body = &frame[HEADER_LEN..];
+        if body.len() != stated {
+            return Err(WireError::Length {
+                stated,
+                actual: body.len(),
+            });
+        }
+        let mut r = Reader {
+            b: body,
+            what: "message body",
+        };
+        let body = match ty {
+            1 => Body::Lookup { name: r.name()? },
+            2 => Body::LookupReply {
+                name: r.name()?,
+                master: r.u32()?,
+            },
+            3 => Body::Request {
+                lkid: r.u64()?,
+                name: r.name()?,
+                mode: r.mode()?,
+                flags: r.u32()?,
+            },
+            4 => Body::Convert {
+                lkid: r.u64()?,
+                name: r.name()?,
+                mode: r.mode()?,
+                flags: r.u32()?,
+                lvb: r.opt_lvb()?,
+            },
+            5 => Body::Unlock {
+                lkid: r.u64()?,
+                name: r.name()?,
+                flags: r.u32()?,
+                lvb: r.opt_lvb()?,
+            },
+            6 => Body::Cancel {
+                lkid: r.u64()?,
+                name: r.name()?,
+            },
+            7 => Body::Granted {
+                lkid: r.u64()?,
+                name: r.name()?,
+                mode: r.mode()?,
+                seq: r.u64()?,
+                demoted: r.bool()?,
+                lvb_valid: r.bool()?,
+                lvb: r.opt_lvb()?,
+            },
+            8 => Body::Failed {
+                lkid: r.u64()?,
+                name: r.name()?,
+                error: decode_error(&mut r)?,
+            },
+            9 => Body::Unlocked {
+                lkid: r.u64()?,
+                name: r.name()?,
+            },
+            10 => Body::Blocking {
+                lkid: r.u64()?,
+                name: r.name()?,
+                mode: r.mode()?,
+            },
+            t => return Err(WireError::UnknownType(t)),
+        };
+        r.end()?;
+        Ok(Message {
+            generation,
+            from,
+            body,
+        })
+    }
+}

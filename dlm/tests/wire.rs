@@ -1,0 +1,183 @@
+//! The node-to-node wire format: every message round-trips; garbage,
+//! truncation, wrong versions and oversize fields are errors, never panics.
+
+use proptest::prelude::*;
+use rdlm::wire::{Body, Message, WireError, HEADER_LEN, MAX_BODY, VERSION};
+use rdlm::{LockError, LockId, Mode};
+
+fn samples() -> Vec<Body> {
+    let name = b"inode/123".to_vec();
+    vec![
+        Body::Lookup { name: name.clone() },
+        Body::LookupReply {
+            name: name.clone(),
+            master: 3,
+        },
+        Body::Request {
+            lkid: 7,
+            name: name.clone(),
+            mode: Mode::PR,
+            flags: 5,
+        },
+        Body::Convert {
+            lkid: 7,
+            name: name.clone(),
+            mode: Mode::EX,
+            flags: 2,
+            lvb: Some(vec![1; 32]),
+        },
+        Body::Unlock {
+            lkid: 7,
+            name: name.clone(),
+            flags: 4,
+            lvb: None,
+        },
+        Body::Cancel {
+            lkid: 7,
+            name: name.clone(),
+        },
+        Body::Granted {
+            lkid: 7,
+            name: name.clone(),
+            mode: Mode::CW,
+            seq: 99,
+            demoted: true,
+            lvb_valid: false,
+            lvb: Some(vec![2; 64]),
+        },
+        Body::Failed {
+            lkid: 7,
+            name: name.clone(),
+            error: LockError::Deadlock {
+                with: LockId { node: 2, lkid: 9 },
+            },
+        },
+        Body::Failed {
+            lkid: 7,
+            name: name.clone(),
+            error: LockError::Invalid("bad flags".into()),
+        },
+        Body::Failed {
+            lkid: 7,
+            name: name.clone(),
+            error: LockError::WouldBlock,
+        },
+        Body::Unlocked {
+            lkid: 7,
+            name: name.clone(),
+        },
+        Body::Blocking {
+            lkid: 7,
+            name,
+            mode: Mode::EX,
+        },
+    ]
+}
+
+#[test]
+fn every_message_round_trips() {
+    for body in samples() {
+        let m = Message {
+            generation: 4,
+            from: 2,
+            body,
+        };
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+    }
+}
+
+#[test]
+fn truncated_or_padded_frames_are_errors() {
+    for body in samples() {
+        let f = Message {
+            generation: 1,
+            from: 1,
+            body,
+        }
+        .encode();
+        for cut in 0..f.len() {
+            assert!(
+                Message::decode(&f[..cut]).is_err(),
+                "truncated at {cut} accepted"
+            );
+        }
+        let mut padded = f.clone();
+        padded.push(0);
+        assert!(matches!(
+            Message::decode(&padded),
+            Err(WireError::Length { .. })
+        ));
+    }
+}
+
+#[test]
+fn header_checks_name_the_problem() {
+    let f = Message {
+        generation: 1,
+        from: 1,
+        body: Body::Lookup {
+            name: b"x".to_vec(),
+        },
+    }
+    .encode();
+    let mut v = f.clone();
+    v[2] = VERSION + 1;
+    assert_eq!(Message::decode(&v), Err(WireError::Version(VERSION + 1)));
+    let mut m = f.clone();
+    m[0] = 0;
+    assert!(matches!(Message::decode(&m), Err(WireError::BadMagic(_))));
+    let mut t = f.clone();
+    t[3] = 200;
+    assert_eq!(Message::decode(&t), Err(WireError::UnknownType(200)));
+    let mut big = f[..HEADER_LEN].to_vec();
+    big[12..16].copy_from_slice(&((MAX_BODY + 1) as u32).to_be_bytes());
+    assert_eq!(
+        Message::decode(&big),
+        Err(WireError::TooLarge(MAX_BODY + 1))
+    );
+    // An oversize resource name inside a well-framed body.
+    let long = Message {
+        generation: 1,
+        from: 1,
+        body: Body::Lookup {
+            name: vec![b'a'; 65],
+        },
+    }
+    .encode();
+    let e = Message::decode(&long).unwrap_err();
+    assert!(e.to_string().contains("resource name"), "{e}");
+    // A bad mode byte.
+    let mut bm = Message {
+        generation: 1,
+        from: 1,
+        body: Body::Blocking {
+            lkid: 1,
+            name: b"n".to_vec(),
+            mode: Mode::EX,
+        },
+    }
+    .encode();
+    let last = bm.len() - 1;
+    bm[last] = 9;
+    assert!(Message::decode(&bm)
+        .unwrap_err()
+        .to_string()
+        .contains("mode"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+    #[test]
+    fn decoding_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Message::decode(&bytes);
+    }
+
+    #[test]
+    fn decoding_mutated_frames_is_total(idx in 0usize..12, pos in any::<usize>(), val in any::<u8>()) {
+        let body = samples().swap_remove(idx);
+        let mut f = Message { generation: 1, from: 1, body }.encode();
+        let p = pos % f.len();
+        f[p] = val;
+        let _ = Message::decode(&f);
+    }
+}
