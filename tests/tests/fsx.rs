@@ -3,45 +3,15 @@
 //! operation logs replay, and bad flags get clear errors. (That it catches a
 //! broken file system is tested in `checkers_fail.rs`.)
 
+mod common;
+
+use common::{run, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 fn fsx() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_rdlmfs-fsx"))
-}
-
-/// Runs a command with a time bound; kills it by PID on timeout.
-fn run(cmd: &mut Command, timeout: Duration) -> Output {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{desc} did not finish within {timeout:?}\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    PathBuf::from(common::FSX)
 }
 
 fn assert_passes(args: &[&str], paths: &[&Path], logs: &Path) -> String {

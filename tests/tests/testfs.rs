@@ -2,63 +2,18 @@
 //! to its backing directory, and each fault mode really injects its fault
 //! (so a checker that passes against it has proved nothing).
 
-use rdlmfs_tests::mount::{fuse_mounts_at, TestMount};
+mod common;
+
+use common::Scratch;
+use rdlmfs_tests::mount::fuse_mounts_at;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
-
-const BIN: &str = env!("CARGO_BIN_EXE_rdlmfs-testfs");
-
-/// A test's scratch directory; kept, and its path printed, when the test fails.
-struct Scratch {
-    dir: Option<tempfile::TempDir>,
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("rdlmfs-testfs-{test}-"))
-            .tempdir()
-            .unwrap();
-        let path = dir.path().canonicalize().unwrap();
-        Scratch {
-            dir: Some(dir),
-            path,
-        }
-    }
-
-    fn dir(&self, name: &str) -> PathBuf {
-        let p = self.path.join(name);
-        fs::create_dir_all(&p).unwrap();
-        p
-    }
-
-    fn mount(&self, mode: &str, backing: &Path, mnt: &str, extra: &[&str]) -> TestMount {
-        let mnt = self.dir(mnt);
-        let log = self.path.join(format!(
-            "{}.log",
-            mnt.file_name().unwrap().to_string_lossy()
-        ));
-        TestMount::start(Path::new(BIN), backing, &mnt, mode, extra, &log)
-            .unwrap_or_else(|e| panic!("mount {mode}: {e}"))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(d) = self.dir.take() {
-                eprintln!("test failed: logs kept in {}", d.keep().display());
-            }
-        }
-    }
-}
 
 fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
