@@ -181,6 +181,15 @@ fn last_errno() -> i32 {
     io_errno(&io::Error::last_os_error())
 }
 
+/// A libc call's "0 on success, -1 and errno on failure" as a Result.
+fn zero_or_errno(r: libc::c_int) -> Result<(), i32> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
 fn rel_str(rel: &Path) -> String {
     if rel.as_os_str().is_empty() {
         ".".into()
@@ -682,11 +691,7 @@ impl Worker {
                     libc::AT_SYMLINK_NOFOLLOW,
                 )
             };
-            if r == 0 {
-                Ok(())
-            } else {
-                Err(last_errno())
-            }
+            zero_or_errno(r)
         })
         .ok();
         true
@@ -731,11 +736,7 @@ impl Worker {
                     flags,
                 )
             };
-            if r == 0 {
-                Ok(())
-            } else {
-                Err(last_errno())
-            }
+            zero_or_errno(r)
         })
         .ok();
         true
@@ -752,11 +753,7 @@ impl Worker {
             let c = cpath(&path)?;
             // SAFETY: both strings are NUL-terminated.
             let r = unsafe { libc::removexattr(c.as_ptr(), name.as_ptr()) };
-            if r == 0 {
-                Ok(())
-            } else {
-                Err(last_errno())
-            }
+            zero_or_errno(r)
         })
         .ok();
         true
@@ -793,11 +790,7 @@ impl Worker {
             let c = cpath(&path)?;
             // SAFETY: c is NUL-terminated.
             let r = unsafe { libc::truncate(c.as_ptr(), len as libc::off_t) };
-            if r == 0 {
-                Ok(())
-            } else {
-                Err(last_errno())
-            }
+            zero_or_errno(r)
         })
         .ok();
         true
