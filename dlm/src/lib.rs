@@ -15,10 +15,15 @@
 //! knows nothing of disks or file systems.
 
 pub mod lockspace;
+pub mod member;
 pub mod mode;
+pub mod node;
+mod recover;
 pub mod resource;
 pub mod wire;
 
 pub use lockspace::{Callback, Lockspace, Output};
+pub use member::{MemberConfig, MemberEvent, Timing, View};
+pub use node::Node;
 pub use mode::Mode;
 pub use resource::{Event, Flags, LockError, LockId, NodeId, Resource};

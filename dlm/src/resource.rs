@@ -168,13 +168,65 @@ impl Resource {
         Ok(Resource {
             name: name.to_vec(),
             lvb: vec![0; lvb_len],
-            lvb_valid: true,
+            // Nobody has written it: a reader must not take zeros for a
+            // value (the resource may have been lost with its master).
+            lvb_valid: false,
             lvb_seq: 0,
             grant_seq: 0,
             granted: Vec::new(),
             converting: VecDeque::new(),
             waiting: VecDeque::new(),
         })
+    }
+
+    /// A resource rebuilt by recovery from what the surviving holders
+    /// reported (its master left). `locks` are granted modes; `lvb` is the
+    /// newest copy any survivor had and whether it can be trusted; every
+    /// grant from now on is numbered above `seq_floor`.
+    pub fn recovered(
+        name: &[u8],
+        lvb_len: usize,
+        locks: &[(LockId, Mode)],
+        lvb: Option<(&[u8], bool)>,
+        seq_floor: u64,
+    ) -> Result<Resource, LockError> {
+        let mut r = Resource::new(name, lvb_len)?;
+        for (i, (a, am)) in locks.iter().enumerate() {
+            if let Some((b, bm)) = locks[i + 1..]
+                .iter()
+                .find(|(b, bm)| b == a || !am.compatible(*bm))
+            {
+                return Err(LockError::Invalid(format!(
+                    "recovery of {:?}: {a} reports {am} and {b} reports {bm}",
+                    String::from_utf8_lossy(name)
+                )));
+            }
+        }
+        for &(id, mode) in locks {
+            r.granted.push(Lkb {
+                id,
+                grmode: Some(mode),
+                rqmode: mode,
+                flags: Flags::NONE,
+                deadline: None,
+                highbast: None,
+                demoted: false,
+            });
+        }
+        if let Some((v, valid)) = lvb {
+            r.check_lvb_arg(Some(v))?;
+            r.lvb.copy_from_slice(v);
+            r.lvb_valid = valid;
+        }
+        r.grant_seq = seq_floor;
+        r.check();
+        Ok(r)
+    }
+
+    /// Grants from now on are numbered above `floor` (a new membership
+    /// generation starts a new range, so tokens only grow across recovery).
+    pub fn raise_seq_floor(&mut self, floor: u64) {
+        self.grant_seq = self.grant_seq.max(floor);
     }
 
     pub fn name(&self) -> &[u8] {
@@ -337,8 +389,12 @@ impl Resource {
         };
         let mut out = Vec::new();
         let held = self.granted[pos].grmode.unwrap_or(Mode::NL);
-        // PR -> CW is not a down-conversion: CW conflicts with PR holders.
-        let down = mode <= held && !(held == Mode::PR && mode == Mode::CW);
+        if held.incomparable(mode) {
+            return Err(LockError::Invalid(format!(
+                "{held} -> {mode}: neither mode covers the other; convert through CR"
+            )));
+        }
+        let down = mode <= held;
         if down {
             let mut l = self.granted.remove(pos);
             self.write_lvb(held, flags, lvb);

@@ -110,13 +110,34 @@ fn down_conversion_is_immediate_and_up_conversion_queues() {
 }
 
 #[test]
-fn pr_to_cw_is_not_a_down_conversion() {
+fn pr_cw_conversions_are_refused() {
+    // Neither mode covers the other, so recovery could not say which one a
+    // lost conversion left; rdlm asks callers to go through CR.
     let mut r = res();
     let (a, b) = (id(1, 1), id(2, 1));
     r.request(a, Mode::PR, Flags::NONE, None).unwrap();
-    r.request(b, Mode::PR, Flags::NONE, None).unwrap();
+    r.request(b, Mode::CW, Flags::NONE, None).unwrap_or_default();
+    let e = r.convert(a, Mode::CW, Flags::CONVERT, None, None).unwrap_err();
+    assert!(matches!(e, LockError::Invalid(ref t) if t.contains("through CR")), "{e}");
+    assert!(r.holders().contains(&(a, Some(Mode::PR), None)));
+    r.convert(a, Mode::CR, Flags::CONVERT, None, None).unwrap();
     let ev = r.convert(a, Mode::CW, Flags::CONVERT, None, None).unwrap();
-    assert!(granted(&ev).is_empty(), "CW granted next to a PR holder");
+    assert!(granted(&ev).is_empty() || granted(&ev) == [(a, Mode::CW)]);
+}
+
+#[test]
+fn a_new_resource_has_no_valid_lvb_until_written() {
+    let mut r = res();
+    let a = id(1, 1);
+    let ev = r.request(a, Mode::EX, Flags::VALBLK, None).unwrap();
+    assert!(matches!(ev[0], Event::Granted { lvb_valid: false, .. }), "{ev:?}");
+    let v = vec![7u8; 32];
+    r.convert(a, Mode::NL, Flags::VALBLK, Some(&v), None).unwrap();
+    let ev = r.convert(a, Mode::PR, Flags::VALBLK, None, None).unwrap();
+    assert!(
+        matches!(&ev[0], Event::Granted { lvb_valid: true, lvb: Some(l), .. } if *l == v),
+        "{ev:?}"
+    );
 }
 
 #[test]

@@ -1,27 +1,41 @@
-//! Deterministic simulation of 3–6 lockspace nodes over a simulated
-//! network: every message is encoded and decoded, delivery is FIFO per
-//! (sender, receiver) pair (as one QUIC stream per peer gives) with the
-//! pairs interleaved at random, and clients on every node request, convert,
-//! cancel and release locks on a few contended resources.
+//! Deterministic simulation of 3–9 lock manager nodes (membership, lease,
+//! lockspace and recovery — the whole sans-I/O core) over a simulated
+//! network with latency, per-pair FIFO delivery (what the transport's
+//! reliable streams give), partitions (messages wait until the cut heals,
+//! as the transport resends them), crashes (a crashed process's queues are
+//! lost; what it already sent may or may not arrive) and restarts as new
+//! incarnations. Clients on every node request, convert, cancel and release
+//! locks on a few contended resources; every message crosses the codec.
 //!
-//! Safety: at every step, the modes the nodes *believe* they hold on a
-//! resource are pairwise compatible. Liveness: once the clients stop and
-//! let go, every operation completes and no lock is left anywhere.
-//! A failing seed is printed; `RDLM_SIM_SEED=<seed>` replays just that one.
-//! (No node failures or partitions yet: membership and recovery are not
-//! built.)
+//! Safety, checked after every step, over what every live node *believes*
+//! (a node believes a lock from its grant until it sends the release, or
+//! until the node learns its lease is gone):
+//! - no two incompatible modes are believed on one resource at once;
+//! - no grant sequence number (fencing token) is handed out twice on a
+//!   resource;
+//! - a valid LVB granted in PR/PW/EX is never older than one seen before.
+//!
+//! Liveness: once the network heals and every node is back, all nodes agree
+//! on one view, and after the clients let go every operation completes and
+//! no lock is left.
+//!
+//! A failing seed is printed; `RDLM_SIM_SEED=<seed>` replays exactly that
+//! one, `RDLM_SIM_TRACE=1` prints every event, `RDLM_SIM_SEEDS=<n>` runs
+//! more seeds.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdlm::wire::Message;
-use rdlm::{Callback, Flags, Lockspace, Mode, Output};
-use std::collections::{BTreeMap, VecDeque};
+use rdlm::{Callback, Flags, Lockspace, MemberConfig, MemberEvent, Mode, Node, Output, Timing};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-const NAMES: [&[u8]; 3] = [b"inode/1", b"inode/2", b"rgrp/0"];
+const NAMES: [&[u8]; 4] = [b"inode/1", b"inode/2", b"rgrp/0", b"journal/3"];
 const LVB: usize = 32;
-
-/// (node, lock id on that node)
-type NodeLock = (u32, u64);
+const TIMING: Timing = Timing {
+    heartbeat: 10,
+    failure_timeout: 50,
+    lease: 100,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Belief {
@@ -35,62 +49,122 @@ enum Belief {
     Releasing,
 }
 
-struct Sim {
-    rng: StdRng,
-    nodes: Vec<Lockspace>,
-    /// (from, to) -> frames in flight, FIFO.
-    net: BTreeMap<(u32, u32), VecDeque<Vec<u8>>>,
-    /// (node, lkid) -> (resource, belief)
-    beliefs: BTreeMap<(u32, u64), (usize, Belief)>,
-    lvb_seen: BTreeMap<usize, u64>,
-    ops: u64,
-    grants: u64,
+fn trace() -> bool {
+    std::env::var_os("RDLM_SIM_TRACE").is_some()
 }
 
 fn down(from: Mode, to: Mode) -> bool {
-    to <= from && !(from == Mode::PR && to == Mode::CW)
+    to <= from
+}
+
+struct Frame {
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+struct Sim {
+    rng: StdRng,
+    now: u64,
+    cfg: MemberConfig,
+    nodes: Vec<Option<Node>>,
+    next_incarnation: u64,
+    net: BTreeMap<(u32, u32), VecDeque<Frame>>,
+    /// Directed pairs whose traffic waits.
+    cut: BTreeSet<(u32, u32)>,
+    /// (node, lkid) -> (resource, belief)
+    beliefs: BTreeMap<(u32, u64), (usize, Belief)>,
+    lvb_seen: BTreeMap<usize, u64>,
+    tokens: BTreeSet<(usize, u64)>,
+    ops: u64,
+    grants: u64,
+    faults: u64,
+    views: u64,
+    lost: u64,
+    max_generation: u32,
+    epochs: u64,
 }
 
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
-        let n = rng.gen_range(3..=6u32);
-        let members: Vec<u32> = (1..=n).collect();
-        let nodes = members
-            .iter()
-            .map(|&id| Lockspace::new(id, &members, 7, LVB).unwrap())
+        let n = rng.gen_range(3..=9u32);
+        let cfg = MemberConfig {
+            nodes: (1..=n).collect(),
+            timing: TIMING,
+            two_node: false,
+        };
+        let nodes = (1..=n)
+            .map(|id| Some(Node::new(id, u64::from(id) << 32, 0, cfg.clone(), LVB).unwrap()))
             .collect();
         Sim {
             rng,
+            now: 0,
+            cfg,
             nodes,
+            next_incarnation: 1,
             net: BTreeMap::new(),
+            cut: BTreeSet::new(),
             beliefs: BTreeMap::new(),
             lvb_seen: BTreeMap::new(),
+            tokens: BTreeSet::new(),
             ops: 0,
             grants: 0,
+            faults: 0,
+            views: 0,
+            lost: 0,
+            max_generation: 0,
+            epochs: 0,
         }
     }
 
-    fn collect(&mut self, idx: usize) -> Result<(), String> {
-        let node = self.nodes[idx].id();
-        for o in self.nodes[idx].drain() {
+    fn n(&self) -> u32 {
+        self.nodes.len() as u32
+    }
+
+    fn collect(&mut self, id: u32) -> Result<(), String> {
+        let outs = match self.nodes[(id - 1) as usize].as_mut() {
+            Some(node) => node.drain(),
+            None => return Ok(()),
+        };
+        for o in outs {
             match o {
                 Output::Send { to, msg } => {
-                    // Every message crosses the wire format.
-                    self.net
-                        .entry((node, to))
-                        .or_default()
-                        .push_back(msg.encode());
+                    let lat = if self.rng.gen_bool(0.02) {
+                        self.rng.gen_range(5..30)
+                    } else {
+                        self.rng.gen_range(0..3)
+                    };
+                    let q = self.net.entry((id, to)).or_default();
+                    let at = q.back().map_or(0, |f| f.at).max(self.now + lat);
+                    q.push_back(Frame {
+                        at,
+                        bytes: msg.encode(),
+                    });
                 }
-                Output::Callback(cb) => self.callback(node, cb)?,
+                Output::Callback(cb) => self.callback(id, cb)?,
+                Output::Membership(e) => {
+                    if trace() {
+                        eprintln!("[{}] node {id}: {e:?}", self.now);
+                    }
+                    match e {
+                        MemberEvent::Committed { ref view, .. } => {
+                            self.views += 1;
+
+                        }
+                        MemberEvent::Lost { .. } => {
+                            self.lost += 1;
+                            self.beliefs.retain(|(n, _), _| *n != id);
+                        }
+                    }
+                }
             }
         }
         Ok(())
     }
 
     fn callback(&mut self, node: u32, cb: Callback) -> Result<(), String> {
-        if std::env::var_os("RDLM_SIM_TRACE").is_some() {
-            eprintln!("  node {node} <- {cb:?}");
+        if trace() {
+            eprintln!("[{}]   node {node} <- {cb:?}", self.now);
         }
         match cb {
             Callback::Granted {
@@ -98,6 +172,7 @@ impl Sim {
                 mode,
                 lvb,
                 lvb_valid,
+                seq,
                 ..
             } => {
                 self.grants += 1;
@@ -109,21 +184,28 @@ impl Sim {
                     mode,
                     pending: false,
                 };
+                let r = e.0;
+                if !self.tokens.insert((r, seq)) {
+                    return Err(format!(
+                        "grant sequence {seq:#x} of {} handed out twice",
+                        String::from_utf8_lossy(NAMES[r])
+                    ));
+                }
                 // LVB: a counter the writers bump. A grant in a mode that
-                // excludes writers (PR, PW, EX) must show the newest value;
-                // NL/CR/CW may legitimately see a writer move on before
-                // their grant is delivered.
-                let excludes_writers = !mode.compatible(Mode::PW);
-                if let (Some(v), true) = (lvb, excludes_writers) {
+                // excludes writers (PR, PW, EX) must show the newest value
+                // unless flagged not valid.
+                if let (Some(v), true) = (lvb, !mode.compatible(Mode::PW)) {
                     let c = u64::from_be_bytes(v[..8].try_into().unwrap());
-                    let seen = self.lvb_seen.entry(e.0).or_default();
+                    let seen = self.lvb_seen.entry(r).or_default();
                     if lvb_valid && c < *seen {
                         return Err(format!(
-                            "LVB of resource {} went back from {seen} to {c}",
-                            e.0
+                            "LVB of {} went back from {seen} to {c}",
+                            String::from_utf8_lossy(NAMES[r])
                         ));
                     }
-                    *seen = (*seen).max(c);
+                    if lvb_valid {
+                        *seen = (*seen).max(c);
+                    }
                 }
             }
             Callback::Failed { lkid, .. } => {
@@ -159,39 +241,133 @@ impl Sim {
                     ));
                 }
             }
+            Callback::Recovered { .. } => {}
         }
         Ok(())
     }
 
-    fn deliver_one(&mut self) -> Result<bool, String> {
-        let keys: Vec<(u32, u32)> = self
-            .net
+    fn deliverable(&self) -> Vec<(u32, u32)> {
+        self.net
             .iter()
-            .filter(|(_, q)| !q.is_empty())
+            .filter(|(k, q)| {
+                !self.cut.contains(k) && q.front().is_some_and(|f| f.at <= self.now)
+            })
             .map(|(k, _)| *k)
-            .collect();
-        if keys.is_empty() {
-            return Ok(false);
-        }
-        let k = keys[self.rng.gen_range(0..keys.len())];
+            .collect()
+    }
+
+    fn deliver(&mut self, k: (u32, u32)) -> Result<(), String> {
         let frame = self
             .net
             .get_mut(&k)
             .and_then(|q| q.pop_front())
             .ok_or("empty queue")?;
-        let msg = Message::decode(&frame).map_err(|e| format!("decode: {e}"))?;
-        if std::env::var_os("RDLM_SIM_TRACE").is_some() {
-            eprintln!("{} -> {}: {:?}", k.0, k.1, msg.body);
+        let msg = Message::decode(&frame.bytes).map_err(|e| format!("decode: {e}"))?;
+        if trace() && !matches!(msg.body, rdlm::wire::Body::Heartbeat { .. } | rdlm::wire::Body::HeartbeatAck { .. }) {
+            eprintln!("[{}] {} -> {}: g{} {:?}", self.now, k.0, k.1, msg.generation, msg.body);
         }
-        let idx = (k.1 - 1) as usize;
-        self.nodes[idx].receive(msg);
-        self.collect(idx)?;
-        Ok(true)
+        let now = self.now;
+        if let Some(node) = self.nodes[(k.1 - 1) as usize].as_mut() {
+            node.receive(now, msg);
+            self.collect(k.1)?;
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self) -> Result<(), String> {
+        self.now += self.rng.gen_range(1..=4);
+        for id in 1..=self.n() {
+            let now = self.now;
+            if let Some(node) = self.nodes[(id - 1) as usize].as_mut() {
+                node.tick(now);
+                self.collect(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn live(&self) -> Vec<u32> {
+        (1..=self.n())
+            .filter(|id| self.nodes[(*id - 1) as usize].is_some())
+            .collect()
+    }
+
+    fn fault(&mut self) {
+        self.faults += 1;
+        let n = self.n();
+        let what = self.rng.gen_range(0..6);
+        let id = self.rng.gen_range(1..=n);
+        match what {
+            0 if self.nodes[(id - 1) as usize].is_some() => {
+                if trace() {
+                    eprintln!("[{}] CRASH node {id}", self.now);
+                }
+                self.nodes[(id - 1) as usize] = None;
+                self.beliefs.retain(|(n, _), _| *n != id);
+                let keep_sent = self.rng.gen_bool(0.5);
+                self.net
+                    .retain(|(from, to), _| *to != id && (keep_sent || *from != id));
+            }
+            1 | 0 => {
+                if self.nodes[(id - 1) as usize].is_none() {
+                    if trace() {
+                        eprintln!("[{}] RESTART node {id}", self.now);
+                    }
+                    let inc = (u64::from(id) << 32) + self.next_incarnation * 1000;
+                    self.next_incarnation += 1;
+                    self.nodes[(id - 1) as usize] =
+                        Some(Node::new(id, inc, self.now as u32, self.cfg.clone(), LVB).unwrap());
+                    // The transport discards what the old process had not
+                    // yet received or sent.
+                    self.net.retain(|(from, to), _| *to != id && *from != id);
+                }
+            }
+            2 => {
+                if trace() {
+                    eprintln!("[{}] ISOLATE node {id}", self.now);
+                }
+                for o in 1..=n {
+                    if o != id {
+                        self.cut.insert((id, o));
+                        self.cut.insert((o, id));
+                    }
+                }
+            }
+            3 => {
+                let side: BTreeSet<u32> = (1..=n).filter(|_| self.rng.gen_bool(0.5)).collect();
+                if trace() {
+                    eprintln!("[{}] SPLIT {side:?}", self.now);
+                }
+                for a in 1..=n {
+                    for b in 1..=n {
+                        if side.contains(&a) != side.contains(&b) {
+                            self.cut.insert((a, b));
+                        }
+                    }
+                }
+            }
+            4 => {
+                let o = self.rng.gen_range(1..=n);
+                if o != id {
+                    if trace() {
+                        eprintln!("[{}] CUT {id} -> {o}", self.now);
+                    }
+                    self.cut.insert((id, o));
+                }
+            }
+            _ => {
+                if trace() {
+                    eprintln!("[{}] HEAL", self.now);
+                }
+                self.cut.clear();
+            }
+        }
     }
 
     fn client_step(&mut self) -> Result<(), String> {
-        let idx = self.rng.gen_range(0..self.nodes.len());
-        let node = self.nodes[idx].id();
+        let live = self.live();
+        let node = live[self.rng.gen_range(0..live.len())];
+        let now = self.now;
         let mine: Vec<(u64, usize, Belief)> = self
             .beliefs
             .iter()
@@ -199,98 +375,105 @@ impl Sim {
             .map(|((_, l), (r, b))| (*l, *r, *b))
             .collect();
         let mode = Mode::from_u8(self.rng.gen_range(0..6)).unwrap();
-        if mine.len() < 3 && self.rng.gen_bool(0.4) {
-            let r = self.rng.gen_range(0..NAMES.len());
-            let flags = if self.rng.gen_bool(0.2) {
-                Flags::NOQUEUE | Flags::VALBLK
-            } else {
-                Flags::VALBLK
-            };
-            let lkid = self.nodes[idx]
-                .lock(NAMES[r], mode, flags)
+        let flags = if self.rng.gen_bool(0.2) {
+            Flags::NOQUEUE | Flags::VALBLK
+        } else {
+            Flags::VALBLK
+        };
+        let r = self.rng.gen_range(0..NAMES.len());
+        let pick = self.rng.gen_range(0..mine.len().max(1));
+        let unlock = self.rng.gen_bool(0.5);
+        let cancel = self.rng.gen_bool(0.3);
+        let next_lvb = self.lvb_seen.get(&r).copied().unwrap_or(0);
+        let Some(ls_node) = self.nodes[(node - 1) as usize].as_mut() else {
+            return Ok(());
+        };
+        if mine.len() < 3 && (mine.is_empty() || self.rng.gen_bool(0.4)) {
+            let lkid = ls_node
+                .lock(now, NAMES[r], mode, flags)
                 .map_err(|e| e.to_string())?;
-            self.beliefs.insert((node, lkid), (r, Belief::Requesting));
-            if std::env::var_os("RDLM_SIM_TRACE").is_some() {
+            if trace() {
                 eprintln!(
-                    "node {node}: lock {lkid} {} {mode} {flags:?}",
+                    "[{now}] node {node}: lock {lkid} {} {mode} {flags:?}",
                     String::from_utf8_lossy(NAMES[r])
                 );
             }
+            // Before collecting: a locally mastered lock is answered at once.
+            self.beliefs.insert((node, lkid), (r, Belief::Requesting));
+            self.collect(node)?;
             self.ops += 1;
-        } else if let Some(&(lkid, r, b)) = mine.get(self.rng.gen_range(0..mine.len().max(1))) {
-            match b {
-                Belief::Held {
-                    mode: held,
-                    pending: false,
-                } => {
-                    if std::env::var_os("RDLM_SIM_TRACE").is_some() {
-                        eprintln!("node {node}: lock {lkid} held {held}, next action (unlock or convert to {mode})");
-                    }
-                    // Writers bump the LVB counter when they let go.
-                    let lvb = held.writes_lvb().then(|| {
-                        let mut v = vec![0u8; LVB];
-                        let next = self.lvb_seen.get(&r).copied().unwrap_or(0) + 1;
-                        v[..8].copy_from_slice(&next.to_be_bytes());
-                        v
-                    });
-                    if self.rng.gen_bool(0.5) {
-                        self.nodes[idx]
-                            .unlock(lkid, Flags::VALBLK, lvb)
-                            .map_err(|e| e.to_string())?;
-                        self.beliefs.insert((node, lkid), (r, Belief::Releasing));
-                    } else {
-                        self.nodes[idx]
-                            .convert(
-                                lkid,
-                                mode,
-                                Flags::VALBLK,
-                                if down(held, mode) { lvb } else { None },
-                            )
-                            .map_err(|e| e.to_string())?;
-                        // A down-conversion stops relying on the stronger
-                        // mode the moment it is sent. Between PR and CW,
-                        // neither mode's guarantee covers the other, so
-                        // while converting a careful client relies only on
-                        // what both give: CR.
-                        let incomparable =
-                            matches!((held, mode), (Mode::PR, Mode::CW) | (Mode::CW, Mode::PR));
-                        let believed = if down(held, mode) {
-                            mode
-                        } else if incomparable {
-                            Mode::CR
-                        } else {
-                            held
-                        };
-                        self.beliefs.insert(
-                            (node, lkid),
-                            (
-                                r,
-                                Belief::Held {
-                                    mode: believed,
-                                    pending: true,
-                                },
-                            ),
-                        );
-                    }
-                    self.ops += 1;
-                }
-                Belief::Requesting | Belief::Held { pending: true, .. }
-                    if self.rng.gen_bool(0.3) =>
-                {
-                    self.nodes[idx].cancel(lkid).map_err(|e| e.to_string())?;
-                    if std::env::var_os("RDLM_SIM_TRACE").is_some() {
-                        eprintln!("node {node}: cancel {lkid}");
-                    }
-                    self.ops += 1;
-                }
-                _ => {}
-            }
+            return Ok(());
         }
-        self.collect(idx)
+        let Some(&(lkid, r, b)) = mine.get(pick) else {
+            return Ok(());
+        };
+        match b {
+            Belief::Held {
+                mode: held,
+                pending: false,
+            } => {
+                let next = self.lvb_seen.get(&r).copied().unwrap_or(0).max(next_lvb) + 1;
+                // Writers bump the LVB counter when they let go.
+                let lvb = held.writes_lvb().then(|| {
+                    let mut v = vec![0u8; LVB];
+                    v[..8].copy_from_slice(&next.to_be_bytes());
+                    v
+                });
+                if unlock {
+                    if trace() {
+                        eprintln!("[{now}] node {node}: unlock {lkid} (held {held})");
+                    }
+                    self.beliefs.insert((node, lkid), (r, Belief::Releasing));
+                    ls_node
+                        .unlock(now, lkid, Flags::VALBLK, lvb)
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    if held.incomparable(mode) {
+                        return Ok(());
+                    }
+                    if trace() {
+                        eprintln!("[{now}] node {node}: convert {lkid} {held} -> {mode}");
+                    }
+                    // A down-conversion stops relying on the stronger mode
+                    // the moment it is sent.
+                    let believed = if down(held, mode) { mode } else { held };
+                    self.beliefs.insert(
+                        (node, lkid),
+                        (
+                            r,
+                            Belief::Held {
+                                mode: believed,
+                                pending: true,
+                            },
+                        ),
+                    );
+                    ls_node
+                        .convert(
+                            now,
+                            lkid,
+                            mode,
+                            Flags::VALBLK,
+                            if down(held, mode) { lvb } else { None },
+                        )
+                        .map_err(|e| e.to_string())?;
+                }
+                self.ops += 1;
+            }
+            Belief::Requesting | Belief::Held { pending: true, .. } if cancel => {
+                if trace() {
+                    eprintln!("[{now}] node {node}: cancel {lkid}");
+                }
+                // A cancel may find nothing pending any more; that is fine.
+                let _ = ls_node.cancel(now, lkid);
+                self.ops += 1;
+            }
+            _ => {}
+        }
+        self.collect(node)
     }
 
     fn check_safety(&self) -> Result<(), String> {
-        let mut by_res: BTreeMap<usize, Vec<(NodeLock, Mode)>> = BTreeMap::new();
+        let mut by_res: BTreeMap<usize, Vec<((u32, u64), Mode)>> = BTreeMap::new();
         for (k, (r, b)) in &self.beliefs {
             if let Belief::Held { mode, .. } = b {
                 by_res.entry(*r).or_default().push((*k, *mode));
@@ -301,7 +484,8 @@ impl Sim {
                 for (b, bm) in &held[i + 1..] {
                     if !am.compatible(*bm) {
                         return Err(format!(
-                            "resource {}: node {} lock {} believes {am} while node {} lock {} believes {bm}",
+                            "at {}: resource {}: node {} lock {} believes {am} while node {} lock {} believes {bm}",
+                            self.now,
                             String::from_utf8_lossy(NAMES[r]),
                             a.0,
                             a.1,
@@ -315,64 +499,137 @@ impl Sim {
         Ok(())
     }
 
-    fn drain_network(&mut self) -> Result<(), String> {
-        let mut n = 0;
-        while self.deliver_one()? {
-            self.check_safety()?;
-            n += 1;
-            if n > 1_000_000 {
-                return Err("network never went quiet".into());
-            }
+    fn step(&mut self, faults: bool) -> Result<(), String> {
+        let ready = self.deliverable();
+        let x: f64 = self.rng.gen();
+        if faults && x < 0.002 {
+            self.fault();
+        } else if x < 0.25 && !self.live().is_empty() && faults {
+            self.client_step()?;
+        } else if !ready.is_empty() && x < 0.995 {
+            // Nodes are fast and the network has latency: time moves on
+            // mostly when nothing has arrived.
+            let k = ready[self.rng.gen_range(0..ready.len())];
+            self.deliver(k)?;
+        } else {
+            self.advance()?;
         }
-        Ok(())
+        self.check_safety()
+    }
+
+    /// Runs without faults or clients until `done` holds, for at most
+    /// `limit` simulated milliseconds.
+    fn settle(&mut self, limit: u64, done: impl Fn(&Sim) -> bool) -> Result<bool, String> {
+        let until = self.now + limit;
+        while self.now < until {
+            if done(self) {
+                return Ok(true);
+            }
+            self.step(false)?;
+        }
+        Ok(done(self))
+    }
+
+    fn state(&self) -> String {
+        let views: Vec<String> = self
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| {
+                format!(
+                    "node {} inc {}: {:?} recovering={:?} quorate={} lease={:?} stats={:?}",
+                    n.id(),
+                    n.incarnation(),
+                    n.view().map(|v| (v.generation, v.ids())),
+                    n.lockspace().recovery_status(),
+                    n.quorate(self.now),
+                    n.membership().lease_until(),
+                    n.lockspace().stats(),
+                )
+            })
+            .collect();
+        format!("now {}\n{}", self.now, views.join("\n"))
+    }
+
+    fn agreed(&self) -> bool {
+        let mut views = BTreeSet::new();
+        for n in self.nodes.iter() {
+            let Some(n) = n else { return false };
+            let Some(v) = n.view() else { return false };
+            if v.members.len() != self.nodes.len()
+                || n.lockspace().is_recovering()
+                || !n.quorate(self.now)
+            {
+                return false;
+            }
+            views.insert(v.generation);
+        }
+        views.len() == 1
     }
 
     fn run(&mut self, steps: usize) -> Result<(), String> {
-        for _ in 0..steps {
-            if self.rng.gen_bool(0.55) {
-                self.deliver_one()?;
-            } else {
-                self.client_step()?;
-            }
-            self.check_safety()?;
+        // Start: everyone joins.
+        if !self.settle(5_000, Sim::agreed)? {
+            return Err(format!("the first membership never formed:\n{}", self.state()));
         }
-        // Everyone lets go: cancel what is pending, release what is held,
-        // until nothing is left.
-        for _round in 0..20 {
-            self.drain_network()?;
+        for _ in 0..steps {
+            self.step(true)?;
+        }
+        // Heal and bring everyone back.
+        self.cut.clear();
+        for id in 1..=self.n() {
+            if self.nodes[(id - 1) as usize].is_none() {
+                let inc = (u64::from(id) << 32) + self.next_incarnation * 1000;
+                self.next_incarnation += 1;
+                self.nodes[(id - 1) as usize] =
+                    Some(Node::new(id, inc, self.now as u32, self.cfg.clone(), LVB).unwrap());
+                self.net.retain(|(from, to), _| *to != id && *from != id);
+            }
+        }
+        if !self.settle(20_000, Sim::agreed)? {
+            return Err(format!("no agreement 20 s after healing:\n{}", self.state()));
+        }
+        // Everyone lets go: cancel what is pending, release what is held.
+        for _round in 0..30 {
+            self.settle(500, |s| s.deliverable().is_empty() && s.net.values().all(|q| q.is_empty()))?;
             let all: Vec<((u32, u64), Belief)> =
                 self.beliefs.iter().map(|(k, (_, b))| (*k, *b)).collect();
             if all.is_empty() {
                 break;
             }
+            let now = self.now;
             for ((node, lkid), b) in all {
-                let idx = (node - 1) as usize;
+                let Some(n) = self.nodes[(node - 1) as usize].as_mut() else {
+                    continue;
+                };
                 match b {
                     Belief::Held { pending: false, .. } => {
-                        self.nodes[idx]
-                            .unlock(lkid, Flags::NONE, None)
+                        n.unlock(now, lkid, Flags::NONE, None)
                             .map_err(|e| e.to_string())?;
                         if let Some(e) = self.beliefs.get_mut(&(node, lkid)) {
                             e.1 = Belief::Releasing;
                         }
                     }
                     Belief::Requesting | Belief::Held { pending: true, .. } => {
-                        let _ = self.nodes[idx].cancel(lkid);
+                        let _ = n.cancel(now, lkid);
                     }
                     Belief::Releasing => {}
                 }
-                self.collect(idx)?;
+                self.collect(node)?;
             }
         }
-        self.drain_network()?;
+        self.settle(2_000, |s| s.beliefs.is_empty())?;
         if !self.beliefs.is_empty() {
             return Err(format!("operations never completed: {:?}", self.beliefs));
         }
-        for n in &self.nodes {
-            if n.lock_count() != 0 || n.mastered_in_use() != 0 {
+        for n in self.nodes.iter().flatten() {
+            let ls = n.lockspace();
+            if ls.lock_count() != 0 || ls.mastered_in_use() != 0 {
                 return Err(format!(
-                    "node {} still has locks after everyone let go",
-                    n.id()
+                    "node {} still has locks after everyone let go ({} own, {} mastered)",
+                    n.id(),
+                    ls.lock_count(),
+                    ls.mastered_in_use()
                 ));
             }
         }
@@ -381,22 +638,31 @@ impl Sim {
 }
 
 #[test]
-fn simulated_nodes_never_hold_conflicting_locks_and_always_finish() {
+fn simulated_cluster_never_holds_conflicting_locks_and_always_finishes() {
     let seeds: Vec<u64> = match std::env::var("RDLM_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("RDLM_SIM_SEED must be a number")],
-        Err(_) => (0..300).collect(),
+        Err(_) => {
+            let n = std::env::var("RDLM_SIM_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            (0..n).collect()
+        }
     };
-    let (mut ops, mut grants) = (0, 0);
+    let (mut ops, mut grants, mut faults, mut views, mut lost) = (0, 0, 0, 0, 0);
     for seed in &seeds {
         let mut sim = Sim::new(*seed);
-        if let Err(e) = sim.run(3000) {
-            panic!("seed {seed}: {e}\nreplay: RDLM_SIM_SEED={seed} cargo test -p rdlm --test sim");
+        if let Err(e) = sim.run(20_000) {
+            panic!("seed {seed}: {e}\nreplay: RDLM_SIM_SEED={seed} RDLM_SIM_TRACE=1 cargo test --release -p rdlm --test sim");
         }
         ops += sim.ops;
         grants += sim.grants;
+        faults += sim.faults;
+        views += sim.views;
+        lost += sim.lost;
     }
     eprintln!(
-        "{} seeds, {ops} client operations, {grants} grants",
+        "{} seeds: {ops} client operations, {grants} grants, {faults} faults, {views} views committed, {lost} leases lost",
         seeds.len()
     );
 }
