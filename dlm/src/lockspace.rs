@@ -412,7 +412,7 @@ impl Lockspace {
     }
 
     /// Runs an operation now, or after recovery / once the lease is valid.
-    fn submit(&mut self, lkid: u64, op: Op) {
+    pub(crate) fn submit(&mut self, lkid: u64, op: Op) {
         if self.blocked() {
             self.deferred.push_back((lkid, op));
             return;
@@ -620,6 +620,24 @@ impl Lockspace {
                     demoted,
                 }
             }
+            Body::Failed {
+                lkid,
+                error: LockError::NotMaster,
+                name,
+            } => {
+                let op = self.locks.get_mut(&lkid).and_then(|l| {
+                    l.sent_to = None;
+                    l.op.clone()
+                });
+                if let Some(op @ Op::Request { .. }) = op {
+                    if self.masters.get(&name) != Some(&self.id) {
+                        self.masters.remove(&name);
+                    }
+                    self.stats.ops_resent += 1;
+                    self.submit(lkid, op);
+                }
+                return;
+            }
             Body::Failed { lkid, error, .. } => {
                 let Some(l) = self.locks.get_mut(&lkid) else {
                     return;
@@ -756,7 +774,7 @@ impl Lockspace {
                         body,
                     });
                 } else {
-                    self.lock_traffic(from, body);
+                    self.lock_traffic(from, msg.generation, body);
                 }
             }
             // Membership messages belong to the membership layer.
@@ -774,8 +792,24 @@ impl Lockspace {
         }
     }
 
-    fn lock_traffic(&mut self, from: NodeId, body: Body) {
+    fn lock_traffic(&mut self, from: NodeId, generation: u32, body: Body) {
         match body {
+            Body::Request { lkid, name, .. }
+                if generation < self.generation && !self.mastered.contains_key(&name) =>
+            {
+                // The owner was told in an older view that we master this,
+                // but we never took it up and the directory has since been
+                // rebuilt without it: creating it now could make a second
+                // master. Send the owner back to the directory.
+                self.send(
+                    from,
+                    Body::Failed {
+                        lkid,
+                        name,
+                        error: LockError::NotMaster,
+                    },
+                );
+            }
             Body::Request {
                 lkid,
                 name,

@@ -97,6 +97,11 @@ pub enum LockError {
     Busy(LockId, &'static str),
     #[error("unknown lock {0}")]
     UnknownLock(LockId),
+    /// The node asked does not master the resource (a master assignment
+    /// from an older membership that never took effect). The owner looks
+    /// the master up again; users never see this.
+    #[error("not the master of this resource")]
+    NotMaster,
 }
 
 /// What a call produced, addressed to locks (the master turns these into

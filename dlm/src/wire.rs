@@ -376,6 +376,7 @@ fn encode_error(w: &mut Writer, e: &LockError) {
             w.u32(id.node);
             w.u64(id.lkid);
         }
+        LockError::NotMaster => w.u8(8),
     }
 }
 
@@ -405,6 +406,7 @@ fn decode_error(r: &mut Reader<'_>) -> Result<LockError, WireError> {
             node: r.u32()?,
             lkid: r.u64()?,
         }),
+        8 => LockError::NotMaster,
         v => return Err(r.err(format!("unknown error code {v}"))),
     })
 }
