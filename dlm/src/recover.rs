@@ -337,6 +337,10 @@ impl Lockspace {
             })
             .collect();
         for rep in reports {
+            if master == self.id && self.mastered.contains_key(&name) {
+                // Rebuilt here by a recovery a newer view cut short.
+                continue;
+            }
             if master == self.id {
                 if let Some(r) = self.recovery.as_mut() {
                     r.rebuilding.entry(name.clone()).or_default().push(rep);
@@ -391,6 +395,11 @@ impl Lockspace {
         // 3. Rebuild the resources this node now masters.
         let floor = u64::from(self.generation) << 32;
         for (name, reports) in rebuilding {
+            // Never replace a resource with fewer locks than it has: one
+            // rebuilt by an earlier, interrupted recovery keeps its state.
+            if self.mastered.contains_key(&name) {
+                continue;
+            }
             let locks: Vec<(LockId, Mode)> = reports.iter().map(|r| (r.lock, r.mode)).collect();
             let newest = reports
                 .iter()

@@ -80,8 +80,6 @@ struct Sim {
     faults: u64,
     views: u64,
     lost: u64,
-    max_generation: u32,
-    epochs: u64,
 }
 
 impl Sim {
@@ -112,8 +110,6 @@ impl Sim {
             faults: 0,
             views: 0,
             lost: 0,
-            max_generation: 0,
-            epochs: 0,
         }
     }
 
@@ -147,10 +143,7 @@ impl Sim {
                         eprintln!("[{}] node {id}: {e:?}", self.now);
                     }
                     match e {
-                        MemberEvent::Committed { ref view, .. } => {
-                            self.views += 1;
-
-                        }
+                        MemberEvent::Committed { .. } => self.views += 1,
                         MemberEvent::Lost { .. } => {
                             self.lost += 1;
                             self.beliefs.retain(|(n, _), _| *n != id);
