@@ -108,6 +108,9 @@ pub(crate) struct LocalLock {
     pub(crate) lvb: Option<Vec<u8>>,
     pub(crate) lvb_valid: bool,
     pub(crate) seq: u64,
+    /// With TIMEOUT: when the pending request or conversion is cancelled.
+    pub(crate) deadline: Option<u64>,
+    pub(crate) timed_out: bool,
 }
 
 /// Counters for `rdlm dump`-style reporting and tests.
@@ -151,6 +154,8 @@ pub struct Lockspace {
     pub(crate) future: VecDeque<Message>,
     pub(crate) out: Vec<Output>,
     pub(crate) stats: Stats,
+    /// The driver's clock as of the last call that passed it.
+    now: u64,
 }
 
 /// FNV-1a: stable across processes and versions, unlike std's hasher.
@@ -209,6 +214,7 @@ impl Lockspace {
             future: VecDeque::new(),
             out: Vec::new(),
             stats: Stats::default(),
+            now: 0,
         }
     }
 
@@ -299,19 +305,57 @@ impl Lockspace {
         }
     }
 
-    fn check_flags(flags: Flags) -> Result<(), LockError> {
-        if flags.contains(Flags::TIMEOUT) {
-            return Err(LockError::Invalid(
-                "TIMEOUT needs the driver's clock; not supported yet".into(),
-            ));
+    /// TIMEOUT goes with a timeout and is enforced here, by the owner: at
+    /// the deadline the request is cancelled and, unless the grant won the
+    /// race, fails with `TimedOut`. The master never sees the flag.
+    fn deadline(&self, flags: Flags, timeout: Option<u64>) -> Result<Option<u64>, LockError> {
+        match (flags.contains(Flags::TIMEOUT), timeout) {
+            (true, Some(t)) => Ok(Some(self.now.saturating_add(t))),
+            (false, None) => Ok(None),
+            _ => Err(LockError::Invalid(
+                "TIMEOUT and a timeout go together".into(),
+            )),
         }
-        Ok(())
+    }
+
+    /// Time passes: requests past their deadline are cancelled.
+    pub fn tick(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        let due: Vec<u64> = self
+            .locks
+            .iter()
+            .filter(|(_, l)| {
+                !l.timed_out
+                    && l.deadline.is_some_and(|d| d <= now)
+                    && matches!(l.op, Some(Op::Request { .. } | Op::Convert { .. }))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for lkid in due {
+            if let Some(l) = self.locks.get_mut(&lkid) {
+                l.timed_out = true;
+            }
+            self.submit(lkid, Op::Cancel);
+        }
     }
 
     /// A new lock on `name`; the result arrives as a callback.
     pub fn lock(&mut self, name: &[u8], mode: Mode, flags: Flags) -> Result<u64, LockError> {
+        self.lock_for(name, mode, flags, None)
+    }
+
+    /// A new lock; with `Flags::TIMEOUT`, `timeout` (in the driver's time
+    /// units) bounds the wait.
+    pub fn lock_for(
+        &mut self,
+        name: &[u8],
+        mode: Mode,
+        flags: Flags,
+        timeout: Option<u64>,
+    ) -> Result<u64, LockError> {
         self.check_name(name)?;
-        Self::check_flags(flags)?;
+        let deadline = self.deadline(flags, timeout)?;
+        let flags = Flags(flags.0 & !Flags::TIMEOUT.0);
         let lkid = self.next_lkid;
         self.next_lkid += 1;
         let op = Op::Request { mode, flags };
@@ -327,6 +371,8 @@ impl Lockspace {
                 lvb: None,
                 lvb_valid: false,
                 seq: 0,
+                deadline,
+                timed_out: false,
             },
         );
         self.submit(lkid, op);
@@ -366,14 +412,30 @@ impl Lockspace {
         flags: Flags,
         lvb: Option<Vec<u8>>,
     ) -> Result<(), LockError> {
+        self.convert_for(lkid, mode, flags, lvb, None)
+    }
+
+    /// A conversion; with `Flags::TIMEOUT`, `timeout` bounds the wait.
+    pub fn convert_for(
+        &mut self,
+        lkid: u64,
+        mode: Mode,
+        flags: Flags,
+        lvb: Option<Vec<u8>>,
+        timeout: Option<u64>,
+    ) -> Result<(), LockError> {
         self.check_lvb(&lvb)?;
-        Self::check_flags(flags)?;
+        let deadline = self.deadline(flags, timeout)?;
         let op = Op::Convert {
             mode,
-            flags: flags | Flags::CONVERT,
+            flags: Flags((flags | Flags::CONVERT).0 & !Flags::TIMEOUT.0),
             lvb,
         };
         self.idle_lock(lkid, "wait for the pending operation before converting", &op)?;
+        if let Some(l) = self.locks.get_mut(&lkid) {
+            l.deadline = deadline;
+            l.timed_out = false;
+        }
         self.submit(lkid, op);
         Ok(())
     }
@@ -608,6 +670,8 @@ impl Lockspace {
                 l.op = None;
                 l.sent_to = None;
                 l.cancel_to = None;
+                l.deadline = None;
+                l.timed_out = false;
                 l.seq = seq;
                 l.lvb_valid = lvb_valid;
                 l.lvb.clone_from(&lvb);
@@ -650,6 +714,13 @@ impl Lockspace {
                 l.sent_to = None;
                 l.cancel_to = None;
                 l.releasing = false;
+                l.deadline = None;
+                let error = match error {
+                    LockError::Cancelled if std::mem::take(&mut l.timed_out) => {
+                        LockError::TimedOut
+                    }
+                    e => e,
+                };
                 if l.granted.is_none() {
                     self.locks.remove(&lkid);
                 }

@@ -163,8 +163,9 @@ impl MemberConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberEvent {
     /// A new view is in force. `departed`: members of the previous view
-    /// this node knew that are not in this one (by id and incarnation).
-    Committed { view: View, departed: Vec<NodeId> },
+    /// this node knew that are not in this one (by id and incarnation),
+    /// with their slots — the journals a survivor must recover.
+    Committed { view: View, departed: Vec<Member> },
     /// The lease ran out, or this incarnation was excluded: every lock this
     /// node believed it held is gone. It goes on as `incarnation`.
     Lost { incarnation: u64, reason: String },
@@ -571,7 +572,7 @@ impl Membership {
                 old.members
                     .iter()
                     .filter(|m| !view.contains(m.id, m.incarnation))
-                    .map(|m| m.id)
+                    .cloned()
                     .collect()
             })
             .unwrap_or_default();

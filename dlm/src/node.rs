@@ -69,6 +69,8 @@ impl Node {
     pub fn tick(&mut self, now: u64) {
         self.member.tick(now);
         self.pump(now);
+        self.ls.tick(now);
+        self.pump(now);
     }
 
     pub fn receive(&mut self, now: u64, msg: Message) {
@@ -97,9 +99,22 @@ impl Node {
         mode: Mode,
         flags: Flags,
     ) -> Result<u64, LockError> {
+        self.lock_for(now, name, mode, flags, None)
+    }
+
+    /// `lock` with a timeout (with `Flags::TIMEOUT`).
+    pub fn lock_for(
+        &mut self,
+        now: u64,
+        name: &[u8],
+        mode: Mode,
+        flags: Flags,
+        timeout: Option<u64>,
+    ) -> Result<u64, LockError> {
         self.member.tick_lease(now);
         self.pump(now);
-        let r = self.ls.lock(name, mode, flags);
+        self.ls.tick(now);
+        let r = self.ls.lock_for(name, mode, flags, timeout);
         self.pump(now);
         r
     }
@@ -112,9 +127,23 @@ impl Node {
         flags: Flags,
         lvb: Option<Vec<u8>>,
     ) -> Result<(), LockError> {
+        self.convert_for(now, lkid, mode, flags, lvb, None)
+    }
+
+    /// `convert` with a timeout (with `Flags::TIMEOUT`).
+    pub fn convert_for(
+        &mut self,
+        now: u64,
+        lkid: u64,
+        mode: Mode,
+        flags: Flags,
+        lvb: Option<Vec<u8>>,
+        timeout: Option<u64>,
+    ) -> Result<(), LockError> {
         self.member.tick_lease(now);
         self.pump(now);
-        let r = self.ls.convert(lkid, mode, flags, lvb);
+        self.ls.tick(now);
+        let r = self.ls.convert_for(lkid, mode, flags, lvb, timeout);
         self.pump(now);
         r
     }
@@ -149,7 +178,8 @@ impl Node {
                 MemberOutput::Event(e) => {
                     match &e {
                         MemberEvent::Committed { view, departed } => {
-                            self.ls.recover(view, departed);
+                            let ids: Vec<NodeId> = departed.iter().map(|m| m.id).collect();
+                            self.ls.recover(view, &ids);
                         }
                         MemberEvent::Lost { .. } => {
                             // Whatever the old lockspace still wanted to say

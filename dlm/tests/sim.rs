@@ -381,9 +381,15 @@ impl Sim {
         let Some(ls_node) = self.nodes[(node - 1) as usize].as_mut() else {
             return Ok(());
         };
+        let timeout = self.rng.gen_bool(0.1).then(|| self.rng.gen_range(1..40));
         if mine.len() < 3 && (mine.is_empty() || self.rng.gen_bool(0.4)) {
+            let flags = if timeout.is_some() {
+                flags | Flags::TIMEOUT
+            } else {
+                flags
+            };
             let lkid = ls_node
-                .lock(now, NAMES[r], mode, flags)
+                .lock_for(now, NAMES[r], mode, flags, timeout)
                 .map_err(|e| e.to_string())?;
             if trace() {
                 eprintln!(
@@ -732,4 +738,62 @@ fn stale_generation_and_strangers_are_dropped() {
     assert!(n.lock(b"", Mode::EX, Flags::NONE).is_err());
     assert!(n.lock(&[b'a'; 65], Mode::EX, Flags::NONE).is_err());
     assert!(n.unlock(42, Flags::NONE, None).is_err());
+}
+
+#[test]
+fn a_request_with_a_timeout_fails_with_timed_out_at_its_deadline() {
+    let members = [1, 2];
+    let mut a = Lockspace::new(1, &members, 1, LVB).unwrap();
+    let mut b = Lockspace::new(2, &members, 1, LVB).unwrap();
+    let name = (0..100u32)
+        .map(|i| format!("inode/{i}").into_bytes())
+        .find(|n| a.dir_node(n) == 1)
+        .unwrap();
+    a.lock(&name, Mode::EX, Flags::NONE).unwrap();
+    assert!(matches!(a.drain()[..], [Output::Callback(Callback::Granted { .. })]));
+    assert!(b.lock_for(&name, Mode::PR, Flags::TIMEOUT, None).is_err());
+    b.tick(100);
+    let lkid = b
+        .lock_for(&name, Mode::PR, Flags::TIMEOUT, Some(50))
+        .unwrap();
+    // Deliver everything between the two, with b's clock at `now`.
+    let pump = |a: &mut Lockspace, b: &mut Lockspace| -> Vec<Callback> {
+        let mut cbs = Vec::new();
+        loop {
+            let mut moved = false;
+            for (from, to) in [(0, 1), (1, 0)] {
+                let out = if from == 0 { a.drain() } else { b.drain() };
+                for o in out {
+                    match o {
+                        Output::Send { msg, .. } => {
+                            moved = true;
+                            if to == 0 {
+                                a.receive(msg)
+                            } else {
+                                b.receive(msg)
+                            }
+                        }
+                        Output::Callback(cb) if from == 1 => cbs.push(cb),
+                        _ => {}
+                    }
+                }
+            }
+            if !moved {
+                return cbs;
+            }
+        }
+    };
+    assert!(pump(&mut a, &mut b).is_empty(), "granted next to EX");
+    b.tick(149);
+    assert!(pump(&mut a, &mut b).is_empty(), "timed out early");
+    b.tick(150);
+    let cbs = pump(&mut a, &mut b);
+    assert_eq!(
+        cbs,
+        [Callback::Failed {
+            lkid,
+            error: rdlm::LockError::TimedOut
+        }]
+    );
+    assert_eq!(b.lock_count(), 0);
 }
