@@ -621,11 +621,23 @@ impl Sim {
         if !self.beliefs.is_empty() {
             return Err(format!("operations never completed: {:?}", self.beliefs));
         }
+        // A node may have had to start over meanwhile (an exclusion left by
+        // a proposal that never committed): let that recovery finish.
+        if !self.settle(20_000, |s| {
+            s.agreed() && s.net.values().all(|q| q.is_empty())
+        })? {
+            return Err(format!("no agreement after letting go:\n{}", self.state()));
+        }
         for n in self.nodes.iter().flatten() {
             let ls = n.lockspace();
             if ls.lock_count() != 0 || ls.mastered_in_use() != 0 {
+                let left: Vec<String> = ls
+                    .resources()
+                    .filter(|r| !r.is_unused())
+                    .map(|r| format!("{}: {:?}", String::from_utf8_lossy(r.name()), r.holders()))
+                    .collect();
                 return Err(format!(
-                    "node {} still has locks after everyone let go ({} own, {} mastered)",
+                    "node {} still has locks after everyone let go ({} own, {} mastered: {left:?})",
                     n.id(),
                     ls.lock_count(),
                     ls.mastered_in_use()
