@@ -623,11 +623,11 @@ impl Sim {
         }
         // A node may have had to start over meanwhile (an exclusion left by
         // a proposal that never committed): let that recovery finish.
-        if !self.settle(20_000, |s| {
-            s.agreed() && s.net.values().all(|q| q.is_empty())
-        })? {
+        if !self.settle(20_000, Sim::agreed)? {
             return Err(format!("no agreement after letting go:\n{}", self.state()));
         }
+        // Messages still in flight (latency) land.
+        self.settle(200, |_| false)?;
         for n in self.nodes.iter().flatten() {
             let ls = n.lockspace();
             if ls.lock_count() != 0 || ls.mastered_in_use() != 0 {
