@@ -156,6 +156,13 @@ pub struct Lockspace {
     pub(crate) stats: Stats,
     /// The driver's clock as of the last call that passed it.
     now: u64,
+    /// Hold grants on what departed writers held until the user says their
+    /// recovery is done ([`Lockspace::recovery_done`]).
+    pub(crate) hold_on_recovery: bool,
+    /// Departed incarnations whose recovery the user has not finished.
+    pub(crate) pending_hold: BTreeSet<(NodeId, u64)>,
+    /// Departed incarnations whose recovery was declared done.
+    pub(crate) released: BTreeSet<(NodeId, u64)>,
 }
 
 /// FNV-1a: stable across processes and versions, unlike std's hasher.
@@ -215,6 +222,9 @@ impl Lockspace {
             out: Vec::new(),
             stats: Stats::default(),
             now: 0,
+            hold_on_recovery: false,
+            pending_hold: BTreeSet::new(),
+            released: BTreeSet::new(),
         }
     }
 
@@ -250,6 +260,11 @@ impl Lockspace {
     /// The master of `name`, if this node knows it.
     pub fn master_of(&self, name: &[u8]) -> Option<NodeId> {
         self.masters.get(name).copied()
+    }
+
+    /// Whether `lkid` is one of this node's locks (granted or pending).
+    pub fn has_lock(&self, lkid: u64) -> bool {
+        self.locks.contains_key(&lkid)
     }
 
     /// Number of this node's locks (granted or pending).
@@ -315,6 +330,59 @@ impl Lockspace {
             _ => Err(LockError::Invalid(
                 "TIMEOUT and a timeout go together".into(),
             )),
+        }
+    }
+
+    /// With `hold` on, a departed node stops every grant in the lockspace
+    /// (except `NOEXP` requests, e.g. journal locks) until some member
+    /// declares its recovery done with
+    /// [`recovery_done`](Lockspace::recovery_done): a file system replays
+    /// the dead node's journal before anyone may read what it wrote. This
+    /// is lock_dlm's BLOCK_LOCKS, kept in the lock manager so that every
+    /// master enforces it, including masters of rebuilt resources.
+    /// Members learn of each other's pending and finished recoveries at
+    /// the end of every recovery. If every node that knew of a departure
+    /// goes down before it is declared done, the knowledge is lost: the
+    /// first node to mount again must recover every dirty journal.
+    pub fn set_recovery_hold(&mut self, hold: bool) {
+        self.hold_on_recovery = hold;
+    }
+
+    /// Departed incarnations whose recovery has not been declared done.
+    pub fn pending_recovery(&self) -> impl Iterator<Item = &(NodeId, u64)> {
+        self.pending_hold.iter()
+    }
+
+    /// The user finished recovering this incarnation of `node`: every
+    /// member releases what it held for it.
+    pub fn recovery_done(&mut self, node: NodeId, incarnation: u64) {
+        for to in self.members.clone() {
+            if to != self.id {
+                self.send(to, Body::ReleaseHold { node, incarnation });
+            }
+        }
+        self.release_hold(node, incarnation);
+    }
+
+    pub(crate) fn release_hold(&mut self, node: NodeId, incarnation: u64) {
+        self.released.insert((node, incarnation));
+        if self.pending_hold.remove(&(node, incarnation)) {
+            self.apply_holds();
+        }
+    }
+
+    /// Puts the current holds on every resource mastered here.
+    pub(crate) fn apply_holds(&mut self) {
+        let ids: BTreeSet<NodeId> = self.pending_hold.iter().map(|h| h.0).collect();
+        let names: Vec<Vec<u8>> = self.mastered.keys().cloned().collect();
+        for name in names {
+            let events = match self.mastered.get_mut(&name) {
+                Some(r) => r.set_holds(&ids),
+                None => continue,
+            };
+            for e in events {
+                self.deliver_event(&name, e);
+            }
         }
     }
 
@@ -563,6 +631,8 @@ impl Lockspace {
             None if matches!(op, Op::Request { .. }) => match Resource::new(&name, lvb_len) {
                 Ok(mut r) => {
                     r.raise_seq_floor(floor);
+                    let held: BTreeSet<NodeId> = self.pending_hold.iter().map(|h| h.0).collect();
+                    r.set_holds(&held);
                     Ok(self.mastered.entry(name.clone()).or_insert(r))
                 }
                 Err(e) => Err(e),
@@ -823,7 +893,7 @@ impl Lockspace {
             | Body::DirDone
             | Body::RecoverLock { .. }
             | Body::LocksDone
-            | Body::RecoveryDone) => {
+            | Body::RecoveryDone { .. }) => {
                 if !current {
                     self.stats.stale_dropped += 1;
                 } else {
@@ -837,7 +907,8 @@ impl Lockspace {
             | Body::Granted { .. }
             | Body::Failed { .. }
             | Body::Unlocked { .. }
-            | Body::Blocking { .. }) => {
+            | Body::Blocking { .. }
+            | Body::ReleaseHold { .. }) => {
                 if self.blocked() {
                     self.held.push_back(Message {
                         generation: msg.generation,
@@ -926,6 +997,7 @@ impl Lockspace {
                 },
             ),
             Body::Cancel { lkid, name } => self.master_apply(from, name, lkid, Op::Cancel),
+            Body::ReleaseHold { node, incarnation } => self.release_hold(node, incarnation),
             body => self.completion(body),
         }
     }

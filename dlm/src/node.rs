@@ -19,6 +19,7 @@ pub struct Node {
     member: Membership,
     ls: Lockspace,
     lvb_len: usize,
+    hold: bool,
     out: Vec<Output>,
 }
 
@@ -34,6 +35,7 @@ impl Node {
             member: Membership::new(id, incarnation, generation_floor, cfg)?,
             ls: Lockspace::joining(id, lvb_len),
             lvb_len,
+            hold: false,
             out: Vec::new(),
         })
     }
@@ -170,6 +172,20 @@ impl Node {
         r
     }
 
+    /// See [`Lockspace::set_recovery_hold`]; kept across lost leases.
+    pub fn set_recovery_hold(&mut self, hold: bool) {
+        self.hold = hold;
+        self.ls.set_recovery_hold(hold);
+    }
+
+    /// See [`Lockspace::recovery_done`].
+    pub fn recovery_done(&mut self, now: u64, node: NodeId, incarnation: u64) {
+        self.member.tick_lease(now);
+        self.pump(now);
+        self.ls.recovery_done(node, incarnation);
+        self.pump(now);
+    }
+
     /// Moves membership outputs into the lockspace and everything out.
     fn pump(&mut self, now: u64) {
         for o in self.member.drain() {
@@ -185,6 +201,7 @@ impl Node {
                             // Whatever the old lockspace still wanted to say
                             // is void.
                             self.ls = Lockspace::joining(self.id(), self.lvb_len);
+                            self.ls.set_recovery_hold(self.hold);
                         }
                     }
                     self.out.extend(self.ls.drain());

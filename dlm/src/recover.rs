@@ -71,6 +71,9 @@ pub(crate) struct Recovery {
     rebuilding: BTreeMap<Vec<u8>, Vec<Report>>,
     rebuilt: bool,
     recovery_done: BTreeSet<NodeId>,
+    /// Holds as the members reported them in `RecoveryDone`.
+    pending: BTreeSet<(NodeId, u64)>,
+    released: BTreeSet<(NodeId, u64)>,
 }
 
 impl Lockspace {
@@ -99,6 +102,10 @@ impl Lockspace {
         assert!(view.member(self.id).is_some(), "view without this node");
         self.stats.recoveries += 1;
         let departed: BTreeSet<NodeId> = departed.iter().copied().collect();
+        let gone_incarnations: Vec<(NodeId, u64)> = departed
+            .iter()
+            .filter_map(|d| self.incarnations.get(d).map(|i| (*d, i.0)))
+            .collect();
         self.generation = view.generation;
         self.members = view.ids();
         for m in &view.members {
@@ -112,6 +119,15 @@ impl Lockspace {
 
         // 1. Stop and purge.
         self.recovery = Some(Recovery::default());
+        if self.hold_on_recovery {
+            for h in gone_incarnations {
+                if !self.released.contains(&h) {
+                    self.pending_hold.insert(h);
+                }
+            }
+            // Before the purge, which would otherwise grant at once.
+            self.apply_holds();
+        }
         let gone = |from: NodeId| departed.contains(&from);
         // A departed node may be back as a new incarnation: what it sent in
         // this generation or later is from the new one.
@@ -242,9 +258,11 @@ impl Lockspace {
                 }
                 self.try_rebuild();
             }
-            Body::RecoveryDone => {
+            Body::RecoveryDone { pending, released } => {
                 if let Some(r) = self.recovery.as_mut() {
                     r.recovery_done.insert(from);
+                    r.pending.extend(pending);
+                    r.released.extend(released);
                 }
                 self.try_finish();
             }
@@ -415,7 +433,9 @@ impl Lockspace {
             });
             let max_seq = reports.iter().map(|r| r.seq).max().unwrap_or(0);
             match Resource::recovered(&name, self.lvb_len, &locks, lvb, floor.max(max_seq)) {
-                Ok(res) => {
+                Ok(mut res) => {
+                    let held: BTreeSet<NodeId> = self.pending_hold.iter().map(|h| h.0).collect();
+                    res.set_holds(&held);
                     self.stats.resources_remastered += 1;
                     self.mastered.insert(name, res);
                 }
@@ -425,7 +445,13 @@ impl Lockspace {
         // Grants resume only when every master has rebuilt: a newer view
         // arriving before that makes everyone report again, and a master
         // that already rebuilt keeps what it has.
-        self.to_all(Body::RecoveryDone);
+        let pending: Vec<(NodeId, u64)> = self.pending_hold.iter().copied().collect();
+        let released: Vec<(NodeId, u64)> = self.released.iter().copied().collect();
+        if let Some(r) = self.recovery.as_mut() {
+            r.pending.extend(pending.iter().copied());
+            r.released.extend(released.iter().copied());
+        }
+        self.to_all(Body::RecoveryDone { pending, released });
         self.try_finish();
     }
 
@@ -438,7 +464,14 @@ impl Lockspace {
         if !done {
             return;
         }
-        self.recovery = None;
+        if let Some(r) = self.recovery.take() {
+            // Everyone ends with the same holds.
+            self.released.extend(r.released);
+            self.pending_hold.extend(r.pending);
+            let released = &self.released;
+            self.pending_hold.retain(|h| !released.contains(h));
+            self.apply_holds();
+        }
         self.unrecovered.clear();
         self.out.push(Output::Callback(Callback::Recovered {
             generation: self.generation,

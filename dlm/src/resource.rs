@@ -67,6 +67,9 @@ impl Flags {
     pub const TIMEOUT: Flags = Flags(1 << 6);
     /// Invalidate the LVB on unlock or down-conversion from PW/EX.
     pub const IVVALBLK: Flags = Flags(1 << 7);
+    /// Grant even while the resource is held for a departed node's
+    /// recovery (the journal and recovery-control locks of a file system).
+    pub const NOEXP: Flags = Flags(1 << 8);
 
     pub fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0
@@ -157,6 +160,9 @@ pub struct Resource {
     granted: Vec<Lkb>,
     converting: VecDeque<Lkb>,
     waiting: VecDeque<Lkb>,
+    /// Departed nodes that held PW/EX here and whose recovery the user
+    /// has not finished: only NOEXP requests are granted meanwhile.
+    held_for: std::collections::BTreeSet<NodeId>,
 }
 
 /// Longest resource name.
@@ -181,6 +187,7 @@ impl Resource {
             granted: Vec::new(),
             converting: VecDeque::new(),
             waiting: VecDeque::new(),
+            held_for: std::collections::BTreeSet::new(),
         })
     }
 
@@ -226,6 +233,35 @@ impl Resource {
         r.grant_seq = seq_floor;
         r.check();
         Ok(r)
+    }
+
+    /// Holds grants (except NOEXP) while `nodes` is not empty: the
+    /// lockspace's departed nodes whose recovery is not done.
+    pub fn set_holds(&mut self, nodes: &std::collections::BTreeSet<NodeId>) -> Vec<Event> {
+        let mut out = Vec::new();
+        let was_held = !self.held_for.is_empty();
+        self.held_for.clone_from(nodes);
+        if was_held && self.held_for.is_empty() {
+            self.grant_pending(&mut out);
+        }
+        self.check();
+        out
+    }
+
+    pub fn held_for(&self) -> impl Iterator<Item = &NodeId> {
+        self.held_for.iter()
+    }
+
+    /// Whether `node` holds PW or EX here (granted or while converting).
+    pub fn held_by_writer(&self, node: NodeId) -> bool {
+        self.granted
+            .iter()
+            .chain(self.converting.iter())
+            .any(|l| l.id.node == node && l.grmode.is_some_and(Mode::writes_lvb))
+    }
+
+    fn may_grant(&self, flags: Flags) -> bool {
+        self.held_for.is_empty() || flags.contains(Flags::NOEXP)
     }
 
     /// Grants from now on are numbered above `floor` (a new membership
@@ -346,7 +382,8 @@ impl Resource {
             highbast: None,
             demoted: false,
         };
-        let grantable = self.converting.is_empty()
+        let grantable = self.may_grant(flags)
+            && self.converting.is_empty()
             && self.waiting.is_empty()
             && self.compatible_with_holders(mode, None);
         if grantable {
@@ -411,7 +448,8 @@ impl Resource {
             return Ok(out);
         }
         // With QUECVT the conversion may not pass converters already queued.
-        let grantable = (!flags.contains(Flags::QUECVT) || self.converting.is_empty())
+        let grantable = self.may_grant(flags)
+            && (!flags.contains(Flags::QUECVT) || self.converting.is_empty())
             && self.compatible_with_holders(mode, Some(id));
         let mut l = self.granted.remove(pos);
         l.rqmode = mode;
@@ -587,7 +625,9 @@ impl Resource {
             let mut i = 0;
             while i < self.converting.len() {
                 let (id, want) = (self.converting[i].id, self.converting[i].rqmode);
-                if self.compatible_with_holders(want, Some(id)) {
+                if self.may_grant(self.converting[i].flags)
+                    && self.compatible_with_holders(want, Some(id))
+                {
                     if let Some(l) = self.converting.remove(i) {
                         self.grant(l, out);
                         changed = true;
@@ -600,7 +640,9 @@ impl Resource {
                 let Some(front) = self.waiting.front() else {
                     break;
                 };
-                if !self.compatible_with_holders(front.rqmode, None) {
+                if !self.may_grant(front.flags)
+                    || !self.compatible_with_holders(front.rqmode, None)
+                {
                     break;
                 }
                 if let Some(l) = self.waiting.pop_front() {

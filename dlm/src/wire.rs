@@ -19,6 +19,9 @@ pub const MAX_BODY: usize = 4096;
 pub const MAX_LVB: usize = 1024;
 /// Longest error text carried.
 pub const MAX_TEXT: usize = 512;
+/// Most departed incarnations one recovery message lists (bounded by the
+/// body limit: 12 bytes each).
+pub const MAX_HOLDS: usize = 160;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -126,8 +129,16 @@ pub enum Body {
     },
     /// The sender has sent all its locks for recovery.
     LocksDone,
-    /// The sender has rebuilt every resource it now masters.
-    RecoveryDone,
+    /// The sender has rebuilt every resource it now masters; the departed
+    /// incarnations whose recovery it knows pending, and those it knows
+    /// done (so every member ends with the same holds).
+    RecoveryDone {
+        pending: Vec<(NodeId, u64)>,
+        released: Vec<(NodeId, u64)>,
+    },
+    /// The user finished recovering this incarnation of `node` (replayed
+    /// its journal): grants held for it may go ahead.
+    ReleaseHold { node: NodeId, incarnation: u64 },
 }
 
 /// Where a recovered lock's LVB copy comes from.
@@ -290,7 +301,10 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
     fn ids(&mut self) -> Result<Vec<(NodeId, u64)>, WireError> {
-        let n = self.count(MAX_NODES, "members")?;
+        self.ids_up_to(MAX_NODES)
+    }
+    fn ids_up_to(&mut self, max: usize) -> Result<Vec<(NodeId, u64)>, WireError> {
+        let n = self.count(max, "node incarnations")?;
         (0..n).map(|_| Ok((self.u32()?, self.u64()?))).collect()
     }
     fn view(&mut self) -> Result<View, WireError> {
@@ -346,7 +360,8 @@ fn type_of(b: &Body) -> u8 {
         Body::DirDone => 18,
         Body::RecoverLock { .. } => 19,
         Body::LocksDone => 20,
-        Body::RecoveryDone => 21,
+        Body::RecoveryDone { .. } => 21,
+        Body::ReleaseHold { .. } => 22,
     }
 }
 
@@ -513,7 +528,15 @@ impl Message {
             }
             Body::Commit { view } => w.view(view),
             Body::DirEntry { name } => w.bytes(name),
-            Body::DirDone | Body::LocksDone | Body::RecoveryDone => {}
+            Body::DirDone | Body::LocksDone => {}
+            Body::RecoveryDone { pending, released } => {
+                w.ids(pending);
+                w.ids(released);
+            }
+            Body::ReleaseHold { node, incarnation } => {
+                w.u32(*node);
+                w.u64(*incarnation);
+            }
             Body::RecoverLock {
                 lkid,
                 name,
@@ -656,7 +679,14 @@ impl Message {
                 lvb: r.opt_lvb()?,
             },
             20 => Body::LocksDone,
-            21 => Body::RecoveryDone,
+            21 => Body::RecoveryDone {
+                pending: r.ids_up_to(MAX_HOLDS)?,
+                released: r.ids_up_to(MAX_HOLDS)?,
+            },
+            22 => Body::ReleaseHold {
+                node: r.u32()?,
+                incarnation: r.u64()?,
+            },
             t => return Err(WireError::UnknownType(t)),
         };
         r.end()?;

@@ -416,3 +416,25 @@ proptest! {
         prop_assert!(pending.is_empty(), "requests that never completed: {pending:?}");
     }
 }
+
+#[test]
+fn held_resources_grant_only_noexp_until_released() {
+    let mut r = res();
+    let (a, b, c) = (id(1, 1), id(2, 1), id(3, 1));
+    let held: std::collections::BTreeSet<u32> = [9].into_iter().collect();
+    assert!(r.set_holds(&held).is_empty());
+    let ev = r.request(a, Mode::PR, Flags::NONE, None).unwrap();
+    assert!(granted(&ev).is_empty(), "granted while held: {ev:?}");
+    let ev = r.request(b, Mode::CR, Flags::NOEXP, None).unwrap();
+    // FIFO: the NOEXP request waits behind the held one.
+    assert!(granted(&ev).is_empty());
+    let ev = r.request(c, Mode::NL, Flags::NOQUEUE, None).unwrap();
+    assert!(!failed(&ev).is_empty(), "NOQUEUE while held must fail at once");
+    let ev = r.set_holds(&Default::default());
+    assert_eq!(granted(&ev), [(a, Mode::PR), (b, Mode::CR)]);
+
+    let mut r = res();
+    r.set_holds(&held);
+    let ev = r.request(a, Mode::EX, Flags::NOEXP, None).unwrap();
+    assert_eq!(granted(&ev), [(a, Mode::EX)], "NOEXP passes the hold");
+}

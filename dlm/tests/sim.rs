@@ -80,6 +80,13 @@ struct Sim {
     faults: u64,
     views: u64,
     lost: u64,
+    /// Recovery holds on (a file system's mode) for this seed.
+    hold: bool,
+    /// resource -> dead incarnation -> the writer mode it died holding.
+    dead_writers: BTreeMap<usize, BTreeMap<(u32, u64), Mode>>,
+    /// Locks requested with NOEXP.
+    noexp: BTreeSet<(u32, u64)>,
+    releases: u64,
 }
 
 impl Sim {
@@ -91,8 +98,13 @@ impl Sim {
             timing: TIMING,
             two_node: false,
         };
+        let hold = rng.gen_bool(0.5);
         let nodes = (1..=n)
-            .map(|id| Some(Node::new(id, u64::from(id) << 32, 0, cfg.clone(), LVB).unwrap()))
+            .map(|id| {
+                let mut node = Node::new(id, u64::from(id) << 32, 0, cfg.clone(), LVB).unwrap();
+                node.set_recovery_hold(hold);
+                Some(node)
+            })
             .collect();
         Sim {
             rng,
@@ -110,6 +122,10 @@ impl Sim {
             faults: 0,
             views: 0,
             lost: 0,
+            hold,
+            dead_writers: BTreeMap::new(),
+            noexp: BTreeSet::new(),
+            releases: 0,
         }
     }
 
@@ -144,15 +160,78 @@ impl Sim {
                     }
                     match e {
                         MemberEvent::Committed { .. } => self.views += 1,
-                        MemberEvent::Lost { .. } => {
+                        MemberEvent::Lost { incarnation, .. } => {
                             self.lost += 1;
-                            self.beliefs.retain(|(n, _), _| *n != id);
+                            self.died(id, incarnation - 1);
                         }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Incarnation `inc` of node `id` crashed or lost its lease: what it
+    /// held in PW/EX must not be granted against until its recovery is
+    /// declared done.
+    fn died(&mut self, id: u32, inc: u64) {
+        if self.hold {
+            for ((n, _), (r, b)) in &self.beliefs {
+                if let (true, Belief::Held { mode, .. }) = (*n == id, b) {
+                    if mode.writes_lvb() {
+                        self.dead_writers.entry(*r).or_default().insert((id, inc), *mode);
+                    }
+                }
+            }
+        }
+        self.beliefs.retain(|(n, _), _| *n != id);
+        self.noexp.retain(|(n, _)| *n != id);
+    }
+
+    /// Whether any live node still knows that incarnation `d` of a node
+    /// left (or has yet to learn it): if none does, the cluster forgot, and
+    /// recovery falls to the next first mounter.
+    fn known(&self, d: (u32, u64)) -> bool {
+        self.nodes.iter().flatten().any(|n| {
+            n.view().is_some_and(|v| v.contains(d.0, d.1))
+                || n.lockspace().pending_recovery().any(|p| *p == d)
+        })
+    }
+
+    /// Plays the file system: a survivor "replays the journals" of the
+    /// departed nodes it knows of and says so.
+    fn release_recovered(&mut self) -> Result<(), String> {
+        let now = self.now;
+        let ready: Vec<u32> = self
+            .live()
+            .into_iter()
+            .filter(|id| {
+                self.nodes[(*id - 1) as usize].as_ref().is_some_and(|n| {
+                    n.quorate(now)
+                        && !n.lockspace().is_recovering()
+                        && n.lockspace().pending_recovery().next().is_some()
+                })
+            })
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let by = ready[self.rng.gen_range(0..ready.len())];
+        let Some(n) = self.nodes[(by - 1) as usize].as_mut() else {
+            return Ok(());
+        };
+        let pending: Vec<(u32, u64)> = n.lockspace().pending_recovery().copied().collect();
+        for d in pending {
+            if trace() {
+                eprintln!("[{now}] node {by}: recovery of node {}/{} done", d.0, d.1);
+            }
+            n.recovery_done(now, d.0, d.1);
+            for m in self.dead_writers.values_mut() {
+                m.remove(&d);
+            }
+            self.releases += 1;
+        }
+        self.collect(by)
     }
 
     fn callback(&mut self, node: u32, cb: Callback) -> Result<(), String> {
@@ -178,6 +257,32 @@ impl Sim {
                     pending: false,
                 };
                 let r = e.0;
+                if !self.noexp.remove(&(node, lkid)) {
+                    let blocking: Vec<((u32, u64), Mode)> = self
+                        .dead_writers
+                        .get(&r)
+                        .map(|m| {
+                            m.iter()
+                                .filter(|(_, dm)| !mode.compatible(**dm))
+                                .map(|(d, dm)| (*d, *dm))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    for (d, dm) in blocking {
+                        if self.known(d) {
+                            return Err(format!(
+                                "{} granted {mode} to {node}:{lkid} while node {}/{}, dead holding {dm}, was not recovered",
+                                String::from_utf8_lossy(NAMES[r]),
+                                d.0,
+                                d.1
+                            ));
+                        }
+                        // Forgotten by every live node: not the DLM's to hold.
+                        if let Some(m) = self.dead_writers.get_mut(&r) {
+                            m.remove(&d);
+                        }
+                    }
+                }
                 if !self.tokens.insert((r, seq)) {
                     return Err(format!(
                         "grant sequence {seq:#x} of {} handed out twice",
@@ -269,6 +374,9 @@ impl Sim {
 
     fn advance(&mut self) -> Result<(), String> {
         self.now += self.rng.gen_range(1..=4);
+        if self.rng.gen_bool(0.05) {
+            self.release_recovered()?;
+        }
         for id in 1..=self.n() {
             let now = self.now;
             if let Some(node) = self.nodes[(id - 1) as usize].as_mut() {
@@ -295,8 +403,11 @@ impl Sim {
                 if trace() {
                     eprintln!("[{}] CRASH node {id}", self.now);
                 }
+                let inc = self.nodes[(id - 1) as usize]
+                    .as_ref()
+                    .map_or(0, |n| n.incarnation());
                 self.nodes[(id - 1) as usize] = None;
-                self.beliefs.retain(|(n, _), _| *n != id);
+                self.died(id, inc);
                 let keep_sent = self.rng.gen_bool(0.5);
                 self.net
                     .retain(|(from, to), _| *to != id && (keep_sent || *from != id));
@@ -308,8 +419,9 @@ impl Sim {
                     }
                     let inc = (u64::from(id) << 32) + self.next_incarnation * 1000;
                     self.next_incarnation += 1;
-                    self.nodes[(id - 1) as usize] =
-                        Some(Node::new(id, inc, self.now as u32, self.cfg.clone(), LVB).unwrap());
+                    let mut node = Node::new(id, inc, self.now as u32, self.cfg.clone(), LVB).unwrap();
+                    node.set_recovery_hold(self.hold);
+                    self.nodes[(id - 1) as usize] = Some(node);
                     // The transport discards what the old process had not
                     // yet received or sent.
                     self.net.retain(|(from, to), _| *to != id && *from != id);
@@ -388,6 +500,8 @@ impl Sim {
             } else {
                 flags
             };
+            let noexp = self.rng.gen_bool(0.1);
+            let flags = if noexp { flags | Flags::NOEXP } else { flags };
             let lkid = ls_node
                 .lock_for(now, NAMES[r], mode, flags, timeout)
                 .map_err(|e| e.to_string())?;
@@ -399,6 +513,9 @@ impl Sim {
             }
             // Before collecting: a locally mastered lock is answered at once.
             self.beliefs.insert((node, lkid), (r, Belief::Requesting));
+            if noexp {
+                self.noexp.insert((node, lkid));
+            }
             self.collect(node)?;
             self.ops += 1;
             return Ok(());
@@ -580,8 +697,9 @@ impl Sim {
             if self.nodes[(id - 1) as usize].is_none() {
                 let inc = (u64::from(id) << 32) + self.next_incarnation * 1000;
                 self.next_incarnation += 1;
-                self.nodes[(id - 1) as usize] =
-                    Some(Node::new(id, inc, self.now as u32, self.cfg.clone(), LVB).unwrap());
+                let mut node = Node::new(id, inc, self.now as u32, self.cfg.clone(), LVB).unwrap();
+                node.set_recovery_hold(self.hold);
+                self.nodes[(id - 1) as usize] = Some(node);
                 self.net.retain(|(from, to), _| *to != id && *from != id);
             }
         }
@@ -660,7 +778,7 @@ fn simulated_cluster_never_holds_conflicting_locks_and_always_finishes() {
             (0..n).collect()
         }
     };
-    let (mut ops, mut grants, mut faults, mut views, mut lost) = (0, 0, 0, 0, 0);
+    let (mut ops, mut grants, mut faults, mut views, mut lost, mut releases) = (0, 0, 0, 0, 0, 0);
     for seed in &seeds {
         let mut sim = Sim::new(*seed);
         if let Err(e) = sim.run(20_000) {
@@ -671,9 +789,10 @@ fn simulated_cluster_never_holds_conflicting_locks_and_always_finishes() {
         faults += sim.faults;
         views += sim.views;
         lost += sim.lost;
+        releases += sim.releases;
     }
     eprintln!(
-        "{} seeds: {ops} client operations, {grants} grants, {faults} faults, {views} views committed, {lost} leases lost",
+        "{} seeds: {ops} client operations, {grants} grants, {faults} faults, {views} views committed, {lost} leases lost, {releases} recovery holds released",
         seeds.len()
     );
 }
