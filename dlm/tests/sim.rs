@@ -252,12 +252,15 @@ impl Sim {
                     .beliefs
                     .get_mut(&(node, lkid))
                     .ok_or(format!("grant for unknown lock {node}:{lkid}"))?;
+                // A down-conversion gives no new access: holds let it by.
+                let down_conversion =
+                    matches!(e.1, Belief::Held { mode: before, .. } if mode <= before);
                 e.1 = Belief::Held {
                     mode,
                     pending: false,
                 };
                 let r = e.0;
-                if !self.noexp.remove(&(node, lkid)) {
+                if !self.noexp.remove(&(node, lkid)) && !down_conversion {
                     let blocking: Vec<((u32, u64), Mode)> = self
                         .dead_writers
                         .get(&r)
