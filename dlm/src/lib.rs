@@ -1,36 +1,54 @@
 //! rdlm — the distributed lock manager of rdlmfs.
 //!
-//! Built so far, all as deterministic state machines with no I/O:
+//! The protocol core, as deterministic state machines with no I/O
+//! (messages and time in; messages, callbacks and events out):
 //! - [`mode`]: the six VMS modes and their compatibility;
 //! - [`resource`]: what a master does with requests — grant, convert and
 //!   wait queues, conversions, flags, LVB rules, blocking callbacks, fencing
-//!   sequence numbers, purging a node's locks;
+//!   sequence numbers, purging a node's locks, recovery holds;
 //! - [`lockspace`]: one node's part of a lockspace — its locks, the
 //!   resources it masters, the directory entries that hash to it, master
-//!   lookup and routing;
-//! - [`wire`]: the versioned, length-checked messages between nodes.
+//!   lookup and routing, owner-side timeouts; `recover.rs` holds what it
+//!   does when the membership changes (directory rebuild, remastering, LVB
+//!   recovery, holds until the user's own recovery is done);
+//! - [`member`]: heartbeats, leases, proposals and commits of views,
+//!   slots;
+//! - [`node`]: membership and lockspace joined, what a driver runs;
+//! - [`wire`]: the versioned, length-checked messages between nodes;
 //! - [`midcomms`]: per-peer reliable, ordered, exactly-once delivery across
 //!   reconnects and restarts (sequence numbers, cumulative acks,
-//!   incarnations), also without I/O;
+//!   incarnations).
+//!
+//! The drivers, which do I/O:
 //! - [`config`]: the cluster file (nodes, addresses, TLS paths, timing);
 //! - [`tls`]: the cluster CA, node certificates, mutual-TLS configurations;
 //! - [`transport`]: the tokio/quinn driver — one QUIC connection per peer
-//!   carrying midcomms frames (does I/O);
-//! - `src/bin/rdlm.rs`: the `rdlm` command — CA, node keys, cluster files.
+//!   carrying midcomms frames;
+//! - [`daemon`]: `rdlm node`, the async driver of a [`Node`] with a local
+//!   client socket; [`client`]: that socket's protocol and a blocking
+//!   client;
+//! - `src/bin/rdlm.rs`: the `rdlm` command.
 //!
-//! Not built yet: membership changes and recovery, deadlock detection across
-//! nodes, the QUIC transport and driver, and the `rdlm` command. The crate
-//! knows nothing of disks or file systems.
+//! Not built yet: deadlock detection across nodes, clean leave, an async
+//! in-process API for the file system. The crate knows nothing of disks or
+//! file systems.
 
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod lockspace;
+pub mod member;
 pub mod midcomms;
 pub mod mode;
+pub mod node;
+mod recover;
 pub mod resource;
 pub mod tls;
 pub mod transport;
 pub mod wire;
 
 pub use lockspace::{Callback, Lockspace, Output};
+pub use member::{MemberConfig, MemberEvent, Timing, View};
 pub use mode::Mode;
+pub use node::Node;
 pub use resource::{Event, Flags, LockError, LockId, NodeId, Resource};

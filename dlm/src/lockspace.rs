@@ -3,29 +3,46 @@
 //!
 //! A deterministic state machine with no I/O: API calls and received
 //! [`Message`]s in, [`Output`]s (messages to send, callbacks to deliver)
-//! out. The driver owns sockets, timers and threads.
+//! out. The driver owns sockets, timers and threads; the membership layer
+//! decides views and tells this one through [`Lockspace::recover`] (see
+//! `recover.rs` for what happens then) and [`Lockspace::set_quorate`].
 //!
 //! Mastery follows the kernel DLM: `hash(name)` picks a directory node among
 //! the members; the directory records the master, which is the first node
 //! that asked. A node that is its own directory node for a name, or already
 //! knows the master, sends no lookup; a node that masters a resource runs
-//! its lock operations on it without any message. Per-peer FIFO delivery is
-//! assumed (one ordered stream per peer, as QUIC gives).
+//! its lock operations on it without any message. Delivery between two
+//! live incarnations is reliable and FIFO (the transport's job).
 //!
-//! Not here yet: membership changes and recovery (the member list is fixed
-//! for a lockspace's life), resource freeing, and deadlock detection across
-//! nodes.
+//! Which messages count: a message from a non-member, or older than the
+//! generation in which the sender's (or this node's) current incarnation
+//! joined, is dropped; one from a newer generation waits for that view.
+//! Lock traffic between surviving members crosses generations intact;
+//! directory and recovery messages are bound to exactly one generation.
+//! While recovery runs, or while this node's lease is not valid, API calls
+//! and lock traffic are held and run afterwards in order.
+//!
+//! Not here yet: freeing unused resources, deadlock detection across nodes,
+//! request timeouts.
 
+use crate::member::{MemberEvent, View};
 use crate::mode::Mode;
+use crate::recover::Recovery;
 use crate::resource::{Event, Flags, LockError, LockId, NodeId, Resource, MAX_NAME};
 use crate::wire::{Body, Message};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    Send { to: NodeId, msg: Message },
+    Send {
+        to: NodeId,
+        msg: Message,
+    },
     Callback(Callback),
+    /// From [`crate::node::Node`]: a membership change. After
+    /// `MemberEvent::Lost` every lock of this node is gone.
+    Membership(MemberEvent),
 }
 
 /// Completions and blocking callbacks for this node's locks.
@@ -53,10 +70,14 @@ pub enum Callback {
         lkid: u64,
         mode: Mode,
     },
+    /// Recovery for `generation` finished here: grants resume.
+    Recovered {
+        generation: u32,
+    },
 }
 
-#[derive(Debug, Clone)]
-enum Op {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
     Request {
         mode: Mode,
         flags: Flags,
@@ -74,13 +95,25 @@ enum Op {
 }
 
 #[derive(Debug, Clone)]
-struct LocalLock {
-    name: Vec<u8>,
-    granted: Option<Mode>,
-    /// A request, conversion or unlock is on its way to the master.
-    pending: bool,
+pub(crate) struct LocalLock {
+    pub(crate) name: Vec<u8>,
+    pub(crate) granted: Option<Mode>,
+    /// The request, conversion or unlock outstanding, wherever it is (sent,
+    /// waiting for a lookup, or held back).
+    pub(crate) op: Option<Op>,
+    /// The master `op` was sent to, once it was.
+    pub(crate) sent_to: Option<NodeId>,
+    /// The master a cancel was sent to.
+    pub(crate) cancel_to: Option<NodeId>,
     /// An unlock is on its way: blocking callbacks no longer concern it.
-    releasing: bool,
+    pub(crate) releasing: bool,
+    /// What the last grant said of the LVB (recovery reports it).
+    pub(crate) lvb: Option<Vec<u8>>,
+    pub(crate) lvb_valid: bool,
+    pub(crate) seq: u64,
+    /// With TIMEOUT: when the pending request or conversion is cancelled.
+    pub(crate) deadline: Option<u64>,
+    pub(crate) timed_out: bool,
 }
 
 /// Counters for `rdlm dump`-style reporting and tests.
@@ -89,21 +122,50 @@ pub struct Stats {
     pub messages_sent: u64,
     pub lookups_sent: u64,
     pub stale_dropped: u64,
+    pub recoveries: u64,
+    pub resources_remastered: u64,
+    pub ops_resent: u64,
+    /// Messages that broke the protocol (logged by the driver).
+    pub protocol_errors: u64,
 }
 
+/// Most messages held for a generation this node has not reached.
+pub const MAX_FUTURE: usize = 1 << 16;
+
 pub struct Lockspace {
-    id: NodeId,
-    members: Vec<NodeId>,
-    generation: u32,
-    lvb_len: usize,
+    pub(crate) id: NodeId,
+    pub(crate) generation: u32,
+    pub(crate) members: Vec<NodeId>,
+    /// Node -> (incarnation, generation in which it joined).
+    pub(crate) incarnations: BTreeMap<NodeId, (u64, u32)>,
+    pub(crate) quorate: bool,
+    pub(crate) lvb_len: usize,
     next_lkid: u64,
-    mastered: HashMap<Vec<u8>, Resource>,
-    directory: HashMap<Vec<u8>, NodeId>,
-    masters: HashMap<Vec<u8>, NodeId>,
-    awaiting_lookup: HashMap<Vec<u8>, Vec<(u64, Op)>>,
-    locks: HashMap<u64, LocalLock>,
-    out: Vec<Output>,
-    stats: Stats,
+    pub(crate) mastered: BTreeMap<Vec<u8>, Resource>,
+    pub(crate) directory: BTreeMap<Vec<u8>, NodeId>,
+    pub(crate) masters: BTreeMap<Vec<u8>, NodeId>,
+    pub(crate) awaiting_lookup: BTreeMap<Vec<u8>, Vec<(u64, Op)>>,
+    pub(crate) locks: BTreeMap<u64, LocalLock>,
+    pub(crate) recovery: Option<Recovery>,
+    /// Names with locks here whose master left and that recovery has not
+    /// yet given a new one.
+    pub(crate) unrecovered: BTreeSet<Vec<u8>>,
+    /// Operations to run once grants resume, in order.
+    pub(crate) deferred: VecDeque<(u64, Op)>,
+    /// Lock traffic received while grants were stopped.
+    pub(crate) held: VecDeque<Message>,
+    pub(crate) future: VecDeque<Message>,
+    pub(crate) out: Vec<Output>,
+    pub(crate) stats: Stats,
+    /// The driver's clock as of the last call that passed it.
+    now: u64,
+    /// Hold grants on what departed writers held until the user says their
+    /// recovery is done ([`Lockspace::recovery_done`]).
+    pub(crate) hold_on_recovery: bool,
+    /// Departed incarnations whose recovery the user has not finished.
+    pub(crate) pending_hold: BTreeSet<(NodeId, u64)>,
+    /// Departed incarnations whose recovery was declared done.
+    pub(crate) released: BTreeSet<(NodeId, u64)>,
 }
 
 /// FNV-1a: stable across processes and versions, unlike std's hasher.
@@ -114,8 +176,9 @@ pub fn name_hash(name: &[u8]) -> u64 {
 }
 
 impl Lockspace {
-    /// `members` must contain `id`; `generation` is carried on every message
-    /// and messages of another generation are dropped.
+    /// A lockspace whose first membership every member already knows (no
+    /// recovery needed): `members` must contain `id`; `generation` is
+    /// carried on every message.
     pub fn new(
         id: NodeId,
         members: &[NodeId],
@@ -130,28 +193,58 @@ impl Lockspace {
                 "node {id} is not among the members {members:?}"
             )));
         }
-        Ok(Lockspace {
+        let mut ls = Lockspace::joining(id, lvb_len);
+        ls.incarnations = members.iter().map(|&m| (m, (0, generation))).collect();
+        ls.members = members;
+        ls.generation = generation;
+        ls.quorate = true;
+        Ok(ls)
+    }
+
+    /// A lockspace that will learn its members from its first
+    /// [`recover`](Lockspace::recover) call; until then operations wait.
+    pub fn joining(id: NodeId, lvb_len: usize) -> Lockspace {
+        Lockspace {
             id,
-            members,
-            generation,
+            generation: 0,
+            members: Vec::new(),
+            incarnations: BTreeMap::new(),
+            quorate: false,
             lvb_len,
             next_lkid: 1,
-            mastered: HashMap::new(),
-            directory: HashMap::new(),
-            masters: HashMap::new(),
-            awaiting_lookup: HashMap::new(),
-            locks: HashMap::new(),
+            mastered: BTreeMap::new(),
+            directory: BTreeMap::new(),
+            masters: BTreeMap::new(),
+            awaiting_lookup: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            recovery: None,
+            unrecovered: BTreeSet::new(),
+            deferred: VecDeque::new(),
+            held: VecDeque::new(),
+            future: VecDeque::new(),
             out: Vec::new(),
             stats: Stats::default(),
-        })
+            now: 0,
+            hold_on_recovery: false,
+            pending_hold: BTreeSet::new(),
+            released: BTreeSet::new(),
+        }
     }
 
     pub fn id(&self) -> NodeId {
         self.id
     }
 
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    pub fn is_recovering(&self) -> bool {
+        self.recovery.is_some()
     }
 
     /// Takes what the last calls produced.
@@ -161,12 +254,20 @@ impl Lockspace {
 
     /// The directory node for a resource name.
     pub fn dir_node(&self, name: &[u8]) -> NodeId {
+        if self.members.is_empty() {
+            return self.id;
+        }
         self.members[(name_hash(name) % self.members.len() as u64) as usize]
     }
 
     /// The master of `name`, if this node knows it.
     pub fn master_of(&self, name: &[u8]) -> Option<NodeId> {
         self.masters.get(name).copied()
+    }
+
+    /// Whether `lkid` is one of this node's locks (granted or pending).
+    pub fn has_lock(&self, lkid: u64) -> bool {
+        self.locks.contains_key(&lkid)
     }
 
     /// Number of this node's locks (granted or pending).
@@ -177,6 +278,28 @@ impl Lockspace {
     /// Resources mastered here that still have locks.
     pub fn mastered_in_use(&self) -> usize {
         self.mastered.values().filter(|r| !r.is_unused()).count()
+    }
+
+    /// Resources mastered here, for dumps: name, LVB state, grant sequence
+    /// and queues.
+    pub fn resources(&self) -> impl Iterator<Item = &Resource> {
+        self.mastered.values()
+    }
+
+    /// Whether grants are stopped (recovery, no valid lease, or no view).
+    pub(crate) fn blocked(&self) -> bool {
+        self.recovery.is_some() || !self.quorate || self.generation == 0
+    }
+
+    pub fn is_quorate(&self) -> bool {
+        self.quorate
+    }
+
+    /// The membership layer's verdict on this node's lease. Without it,
+    /// nothing is granted to or by this node.
+    pub fn set_quorate(&mut self, quorate: bool) {
+        self.quorate = quorate;
+        self.unblock();
     }
 
     fn check_name(&self, name: &[u8]) -> Result<(), LockError> {
@@ -200,30 +323,134 @@ impl Lockspace {
         }
     }
 
+    /// TIMEOUT goes with a timeout and is enforced here, by the owner: at
+    /// the deadline the request is cancelled and, unless the grant won the
+    /// race, fails with `TimedOut`. The master never sees the flag.
+    fn deadline(&self, flags: Flags, timeout: Option<u64>) -> Result<Option<u64>, LockError> {
+        match (flags.contains(Flags::TIMEOUT), timeout) {
+            (true, Some(t)) => Ok(Some(self.now.saturating_add(t))),
+            (false, None) => Ok(None),
+            _ => Err(LockError::Invalid(
+                "TIMEOUT and a timeout go together".into(),
+            )),
+        }
+    }
+
+    /// With `hold` on, a departed node stops every grant in the lockspace
+    /// (except `NOEXP` requests, e.g. journal locks) until some member
+    /// declares its recovery done with
+    /// [`recovery_done`](Lockspace::recovery_done): a file system replays
+    /// the dead node's journal before anyone may read what it wrote. This
+    /// is lock_dlm's BLOCK_LOCKS, kept in the lock manager so that every
+    /// master enforces it, including masters of rebuilt resources.
+    /// Members learn of each other's pending and finished recoveries at
+    /// the end of every recovery. If every node that knew of a departure
+    /// goes down before it is declared done, the knowledge is lost: the
+    /// first node to mount again must recover every dirty journal.
+    pub fn set_recovery_hold(&mut self, hold: bool) {
+        self.hold_on_recovery = hold;
+    }
+
+    /// Departed incarnations whose recovery has not been declared done.
+    pub fn pending_recovery(&self) -> impl Iterator<Item = &(NodeId, u64)> {
+        self.pending_hold.iter()
+    }
+
+    /// The user finished recovering this incarnation of `node`: every
+    /// member releases what it held for it.
+    pub fn recovery_done(&mut self, node: NodeId, incarnation: u64) {
+        for to in self.members.clone() {
+            if to != self.id {
+                self.send(to, Body::ReleaseHold { node, incarnation });
+            }
+        }
+        self.release_hold(node, incarnation);
+    }
+
+    pub(crate) fn release_hold(&mut self, node: NodeId, incarnation: u64) {
+        self.released.insert((node, incarnation));
+        if self.pending_hold.remove(&(node, incarnation)) {
+            self.apply_holds();
+        }
+    }
+
+    /// Puts the current holds on every resource mastered here.
+    pub(crate) fn apply_holds(&mut self) {
+        let ids: BTreeSet<NodeId> = self.pending_hold.iter().map(|h| h.0).collect();
+        let names: Vec<Vec<u8>> = self.mastered.keys().cloned().collect();
+        for name in names {
+            let events = match self.mastered.get_mut(&name) {
+                Some(r) => r.set_holds(&ids),
+                None => continue,
+            };
+            for e in events {
+                self.deliver_event(&name, e);
+            }
+        }
+    }
+
+    /// Time passes: requests past their deadline are cancelled.
+    pub fn tick(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        let due: Vec<u64> = self
+            .locks
+            .iter()
+            .filter(|(_, l)| {
+                !l.timed_out
+                    && l.deadline.is_some_and(|d| d <= now)
+                    && matches!(l.op, Some(Op::Request { .. } | Op::Convert { .. }))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for lkid in due {
+            if let Some(l) = self.locks.get_mut(&lkid) {
+                l.timed_out = true;
+            }
+            self.submit(lkid, Op::Cancel);
+        }
+    }
+
     /// A new lock on `name`; the result arrives as a callback.
     pub fn lock(&mut self, name: &[u8], mode: Mode, flags: Flags) -> Result<u64, LockError> {
+        self.lock_for(name, mode, flags, None)
+    }
+
+    /// A new lock; with `Flags::TIMEOUT`, `timeout` (in the driver's time
+    /// units) bounds the wait.
+    pub fn lock_for(
+        &mut self,
+        name: &[u8],
+        mode: Mode,
+        flags: Flags,
+        timeout: Option<u64>,
+    ) -> Result<u64, LockError> {
         self.check_name(name)?;
-        if flags.contains(Flags::TIMEOUT) {
-            return Err(LockError::Invalid(
-                "TIMEOUT needs the driver's clock; not supported yet".into(),
-            ));
-        }
+        let deadline = self.deadline(flags, timeout)?;
+        let flags = Flags(flags.0 & !Flags::TIMEOUT.0);
         let lkid = self.next_lkid;
         self.next_lkid += 1;
+        let op = Op::Request { mode, flags };
         self.locks.insert(
             lkid,
             LocalLock {
                 name: name.to_vec(),
                 granted: None,
-                pending: true,
+                op: Some(op.clone()),
+                sent_to: None,
+                cancel_to: None,
                 releasing: false,
+                lvb: None,
+                lvb_valid: false,
+                seq: 0,
+                deadline,
+                timed_out: false,
             },
         );
-        self.dispatch(name.to_vec(), lkid, Op::Request { mode, flags });
+        self.submit(lkid, op);
         Ok(lkid)
     }
 
-    fn idle_lock(&mut self, lkid: u64, what: &'static str) -> Result<Vec<u8>, LockError> {
+    fn idle_lock(&mut self, lkid: u64, what: &'static str, op: &Op) -> Result<(), LockError> {
         let id = LockId {
             node: self.id,
             lkid,
@@ -232,11 +459,21 @@ impl Lockspace {
             .locks
             .get_mut(&lkid)
             .ok_or(LockError::UnknownLock(id))?;
-        if l.pending || l.granted.is_none() {
+        let Some(held) = l.granted else {
+            return Err(LockError::Busy(id, what));
+        };
+        if l.op.is_some() {
             return Err(LockError::Busy(id, what));
         }
-        l.pending = true;
-        Ok(l.name.clone())
+        if let Op::Convert { mode, .. } = op {
+            if held.incomparable(*mode) {
+                return Err(LockError::Invalid(format!(
+                    "{held} -> {mode}: neither mode covers the other; convert through CR"
+                )));
+            }
+        }
+        l.op = Some(op.clone());
+        Ok(())
     }
 
     pub fn convert(
@@ -246,22 +483,35 @@ impl Lockspace {
         flags: Flags,
         lvb: Option<Vec<u8>>,
     ) -> Result<(), LockError> {
+        self.convert_for(lkid, mode, flags, lvb, None)
+    }
+
+    /// A conversion; with `Flags::TIMEOUT`, `timeout` bounds the wait.
+    pub fn convert_for(
+        &mut self,
+        lkid: u64,
+        mode: Mode,
+        flags: Flags,
+        lvb: Option<Vec<u8>>,
+        timeout: Option<u64>,
+    ) -> Result<(), LockError> {
         self.check_lvb(&lvb)?;
-        if flags.contains(Flags::TIMEOUT) {
-            return Err(LockError::Invalid(
-                "TIMEOUT needs the driver's clock; not supported yet".into(),
-            ));
-        }
-        let name = self.idle_lock(lkid, "wait for the pending operation before converting")?;
-        self.dispatch(
-            name,
+        let deadline = self.deadline(flags, timeout)?;
+        let op = Op::Convert {
+            mode,
+            flags: Flags((flags | Flags::CONVERT).0 & !Flags::TIMEOUT.0),
+            lvb,
+        };
+        self.idle_lock(
             lkid,
-            Op::Convert {
-                mode,
-                flags: flags | Flags::CONVERT,
-                lvb,
-            },
-        );
+            "wait for the pending operation before converting",
+            &op,
+        )?;
+        if let Some(l) = self.locks.get_mut(&lkid) {
+            l.deadline = deadline;
+            l.timed_out = false;
+        }
+        self.submit(lkid, op);
         Ok(())
     }
 
@@ -272,11 +522,12 @@ impl Lockspace {
         lvb: Option<Vec<u8>>,
     ) -> Result<(), LockError> {
         self.check_lvb(&lvb)?;
-        let name = self.idle_lock(lkid, "cancel the pending operation before unlocking")?;
+        let op = Op::Unlock { flags, lvb };
+        self.idle_lock(lkid, "cancel the pending operation before unlocking", &op)?;
         if let Some(l) = self.locks.get_mut(&lkid) {
             l.releasing = true;
         }
-        self.dispatch(name, lkid, Op::Unlock { flags, lvb });
+        self.submit(lkid, op);
         Ok(())
     }
 
@@ -288,15 +539,30 @@ impl Lockspace {
             lkid,
         };
         let l = self.locks.get(&lkid).ok_or(LockError::UnknownLock(id))?;
-        if !l.pending {
-            return Err(LockError::Busy(id, "nothing is pending to cancel"));
+        match l.op {
+            None => return Err(LockError::Busy(id, "nothing is pending to cancel")),
+            Some(Op::Unlock { .. }) => {
+                return Err(LockError::Busy(id, "an unlock cannot be cancelled"))
+            }
+            _ => {}
         }
-        let name = l.name.clone();
-        self.dispatch(name, lkid, Op::Cancel);
+        self.submit(lkid, Op::Cancel);
         Ok(())
     }
 
-    fn send(&mut self, to: NodeId, body: Body) {
+    /// Runs an operation now, or after recovery / once the lease is valid.
+    pub(crate) fn submit(&mut self, lkid: u64, op: Op) {
+        if self.blocked() {
+            self.deferred.push_back((lkid, op));
+            return;
+        }
+        let Some(name) = self.locks.get(&lkid).map(|l| l.name.clone()) else {
+            return;
+        };
+        self.dispatch(name, lkid, op);
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, body: Body) {
         self.stats.messages_sent += 1;
         self.out.push(Output::Send {
             to,
@@ -308,7 +574,7 @@ impl Lockspace {
         });
     }
 
-    fn dispatch(&mut self, name: Vec<u8>, lkid: u64, op: Op) {
+    pub(crate) fn dispatch(&mut self, name: Vec<u8>, lkid: u64, op: Op) {
         if let Some(&m) = self.masters.get(&name) {
             return self.route(m, name, lkid, op);
         }
@@ -332,6 +598,12 @@ impl Lockspace {
         if master == self.id {
             let owner = self.id;
             return self.master_apply(owner, name, lkid, op);
+        }
+        if let Some(l) = self.locks.get_mut(&lkid) {
+            match op {
+                Op::Cancel => l.cancel_to = Some(master),
+                _ => l.sent_to = Some(master),
+            }
         }
         let body = match op {
             Op::Request { mode, flags } => Body::Request {
@@ -362,10 +634,16 @@ impl Lockspace {
     fn master_apply(&mut self, owner: NodeId, name: Vec<u8>, lkid: u64, op: Op) {
         let id = LockId { node: owner, lkid };
         let lvb_len = self.lvb_len;
+        let floor = u64::from(self.generation) << 32;
         let res = match self.mastered.get_mut(&name) {
             Some(r) => Ok(r),
             None if matches!(op, Op::Request { .. }) => match Resource::new(&name, lvb_len) {
-                Ok(r) => Ok(self.mastered.entry(name.clone()).or_insert(r)),
+                Ok(mut r) => {
+                    r.raise_seq_floor(floor);
+                    let held: BTreeSet<NodeId> = self.pending_hold.iter().map(|h| h.0).collect();
+                    r.set_holds(&held);
+                    Ok(self.mastered.entry(name.clone()).or_insert(r))
+                }
                 Err(e) => Err(e),
             },
             None => Err(LockError::UnknownLock(id)),
@@ -392,7 +670,7 @@ impl Lockspace {
     }
 
     /// Sends a master-side event to the lock's owner (or handles it here).
-    fn deliver_event(&mut self, name: &[u8], e: Event) {
+    pub(crate) fn deliver_event(&mut self, name: &[u8], e: Event) {
         let (owner, body) = match e {
             Event::Granted {
                 lock,
@@ -437,10 +715,18 @@ impl Lockspace {
                 },
             ),
         };
-        if owner == self.id {
-            self.completion(body);
-        } else {
+        if owner != self.id {
             self.send(owner, body);
+        } else if self.blocked() {
+            // A grant to ourselves while grants are stopped (recovery's
+            // purge): deliver it when they resume, like a peer's.
+            self.held.push_back(Message {
+                generation: self.generation,
+                from: self.id,
+                body,
+            });
+        } else {
+            self.completion(body);
         }
     }
 
@@ -460,7 +746,14 @@ impl Lockspace {
                     return;
                 };
                 l.granted = Some(mode);
-                l.pending = false;
+                l.op = None;
+                l.sent_to = None;
+                l.cancel_to = None;
+                l.deadline = None;
+                l.timed_out = false;
+                l.seq = seq;
+                l.lvb_valid = lvb_valid;
+                l.lvb.clone_from(&lvb);
                 Callback::Granted {
                     lkid,
                     mode,
@@ -470,16 +763,41 @@ impl Lockspace {
                     demoted,
                 }
             }
+            Body::Failed {
+                lkid,
+                error: LockError::NotMaster,
+                name,
+            } => {
+                let op = self.locks.get_mut(&lkid).and_then(|l| {
+                    l.sent_to = None;
+                    l.op.clone()
+                });
+                if let Some(op @ Op::Request { .. }) = op {
+                    if self.masters.get(&name) != Some(&self.id) {
+                        self.masters.remove(&name);
+                    }
+                    self.stats.ops_resent += 1;
+                    self.submit(lkid, op);
+                }
+                return;
+            }
             Body::Failed { lkid, error, .. } => {
                 let Some(l) = self.locks.get_mut(&lkid) else {
                     return;
                 };
-                if !l.pending {
+                if l.op.is_none() {
                     // The answer to a cancel that lost the race with a grant.
                     return;
                 }
-                l.pending = false;
+                l.op = None;
+                l.sent_to = None;
+                l.cancel_to = None;
                 l.releasing = false;
+                l.deadline = None;
+                let error = match error {
+                    LockError::Cancelled if std::mem::take(&mut l.timed_out) => LockError::TimedOut,
+                    e => e,
+                };
                 if l.granted.is_none() {
                     self.locks.remove(&lkid);
                 }
@@ -503,28 +821,143 @@ impl Lockspace {
         self.out.push(Output::Callback(cb));
     }
 
+    /// Runs what was held back, once nothing stops grants any more.
+    pub(crate) fn unblock(&mut self) {
+        if self.blocked() {
+            return;
+        }
+        while let Some(msg) = self.held.pop_front() {
+            self.process(msg);
+            if self.blocked() {
+                return;
+            }
+        }
+        while let Some((lkid, op)) = self.deferred.pop_front() {
+            let Some(name) = self.locks.get(&lkid).map(|l| l.name.clone()) else {
+                continue;
+            };
+            self.dispatch(name, lkid, op);
+        }
+    }
+
+    /// Starts a new view; see `recover.rs`.
+    pub fn recover(&mut self, view: &View, departed: &[NodeId]) {
+        self.begin_recovery(view, departed);
+    }
+
     /// A message from a peer.
     pub fn receive(&mut self, msg: Message) {
-        if msg.generation != self.generation || !self.members.contains(&msg.from) {
+        if msg.generation > self.generation {
+            // Sent in a view this node has not reached yet.
+            if self.future.len() >= MAX_FUTURE {
+                self.stats.protocol_errors += 1;
+                return;
+            }
+            self.future.push_back(msg);
+            return;
+        }
+        let Some(&(_, sender_joined)) = self.incarnations.get(&msg.from) else {
+            self.stats.stale_dropped += 1;
+            return;
+        };
+        let my_joined = self.incarnations.get(&self.id).map_or(0, |j| j.1);
+        if !self.members.contains(&msg.from) || msg.generation < sender_joined.max(my_joined) {
             self.stats.stale_dropped += 1;
             return;
         }
+        self.process(msg);
+    }
+
+    /// A message of an acceptable generation.
+    pub(crate) fn process(&mut self, msg: Message) {
         let from = msg.from;
+        let current = msg.generation == self.generation;
         match msg.body {
             Body::Lookup { name } => {
-                // The first node to ask becomes the master.
-                let master = *self.directory.entry(name.clone()).or_insert(from);
-                self.send(from, Body::LookupReply { name, master });
+                if !current {
+                    self.stats.stale_dropped += 1;
+                } else if self.recovery.as_ref().is_some_and(|r| !r.dir_complete) {
+                    if let Some(r) = self.recovery.as_mut() {
+                        r.held_lookups.push((from, name));
+                    }
+                } else {
+                    self.answer_lookup(from, name);
+                }
             }
             Body::LookupReply { name, master } => {
-                if !self.members.contains(&master) {
+                if !current || !self.members.contains(&master) {
                     self.stats.stale_dropped += 1;
-                    return;
+                } else if self.recovery.is_some() {
+                    self.recovery_lookup_reply(name, master);
+                } else {
+                    self.masters.insert(name.clone(), master);
+                    for (lkid, op) in self.awaiting_lookup.remove(&name).unwrap_or_default() {
+                        self.route(master, name.clone(), lkid, op);
+                    }
                 }
-                self.masters.insert(name.clone(), master);
-                for (lkid, op) in self.awaiting_lookup.remove(&name).unwrap_or_default() {
-                    self.route(master, name.clone(), lkid, op);
+            }
+            body @ (Body::DirEntry { .. }
+            | Body::DirDone
+            | Body::RecoverLock { .. }
+            | Body::LocksDone
+            | Body::RecoveryDone { .. }) => {
+                if !current {
+                    self.stats.stale_dropped += 1;
+                } else {
+                    self.recovery_message(from, body);
                 }
+            }
+            body @ (Body::Request { .. }
+            | Body::Convert { .. }
+            | Body::Unlock { .. }
+            | Body::Cancel { .. }
+            | Body::Granted { .. }
+            | Body::Failed { .. }
+            | Body::Unlocked { .. }
+            | Body::Blocking { .. }
+            | Body::ReleaseHold { .. }) => {
+                if self.blocked() {
+                    self.held.push_back(Message {
+                        generation: msg.generation,
+                        from,
+                        body,
+                    });
+                } else {
+                    self.lock_traffic(from, msg.generation, body);
+                }
+            }
+            // Membership messages belong to the membership layer.
+            _ => self.stats.protocol_errors += 1,
+        }
+    }
+
+    pub(crate) fn answer_lookup(&mut self, from: NodeId, name: Vec<u8>) {
+        // The first node to ask becomes the master.
+        let master = *self.directory.entry(name.clone()).or_insert(from);
+        if from == self.id {
+            self.recovery_lookup_reply(name, master);
+        } else {
+            self.send(from, Body::LookupReply { name, master });
+        }
+    }
+
+    fn lock_traffic(&mut self, from: NodeId, generation: u32, body: Body) {
+        match body {
+            Body::Request { lkid, name, .. }
+                if generation < self.generation && !self.mastered.contains_key(&name) =>
+            {
+                // The owner was told in an older view that we master this,
+                // but we never took it up and the directory has since been
+                // rebuilt without it: creating it now could make a second
+                // master. Send the owner back to the directory.
+                self.send(
+                    from,
+                    Body::Failed {
+                        lkid,
+                        name,
+                        error: LockError::NotMaster,
+                    },
+                );
             }
             Body::Request {
                 lkid,
@@ -571,10 +1004,8 @@ impl Lockspace {
                 },
             ),
             Body::Cancel { lkid, name } => self.master_apply(from, name, lkid, Op::Cancel),
-            body @ (Body::Granted { .. }
-            | Body::Failed { .. }
-            | Body::Unlocked { .. }
-            | Body::Blocking { .. }) => self.completion(body),
+            Body::ReleaseHold { node, incarnation } => self.release_hold(node, incarnation),
+            body => self.completion(body),
         }
     }
 }

@@ -42,6 +42,14 @@ impl Mode {
         COMPAT[self as usize][other as usize]
     }
 
+    /// PR and CW: neither protects what the other does (CW admits other CW
+    /// writers, PR admits other readers), so a lock moving between them
+    /// passes through no mode that covers both. Every other pair is
+    /// ordered, and a stronger mode is compatible with less.
+    pub fn incomparable(self, other: Mode) -> bool {
+        matches!((self, other), (Mode::PR, Mode::CW) | (Mode::CW, Mode::PR))
+    }
+
     /// Whether a holder in this mode may write the lock value block.
     pub fn writes_lvb(self) -> bool {
         matches!(self, Mode::PW | Mode::EX)

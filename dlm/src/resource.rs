@@ -67,6 +67,9 @@ impl Flags {
     pub const TIMEOUT: Flags = Flags(1 << 6);
     /// Invalidate the LVB on unlock or down-conversion from PW/EX.
     pub const IVVALBLK: Flags = Flags(1 << 7);
+    /// Grant even while the resource is held for a departed node's
+    /// recovery (the journal and recovery-control locks of a file system).
+    pub const NOEXP: Flags = Flags(1 << 8);
 
     pub fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0
@@ -97,6 +100,11 @@ pub enum LockError {
     Busy(LockId, &'static str),
     #[error("unknown lock {0}")]
     UnknownLock(LockId),
+    /// The node asked does not master the resource (a master assignment
+    /// from an older membership that never took effect). The owner looks
+    /// the master up again; users never see this.
+    #[error("not the master of this resource")]
+    NotMaster,
 }
 
 /// What a call produced, addressed to locks (the master turns these into
@@ -152,6 +160,9 @@ pub struct Resource {
     granted: Vec<Lkb>,
     converting: VecDeque<Lkb>,
     waiting: VecDeque<Lkb>,
+    /// Departed nodes that held PW/EX here and whose recovery the user
+    /// has not finished: only NOEXP requests are granted meanwhile.
+    held_for: std::collections::BTreeSet<NodeId>,
 }
 
 /// Longest resource name.
@@ -168,13 +179,95 @@ impl Resource {
         Ok(Resource {
             name: name.to_vec(),
             lvb: vec![0; lvb_len],
-            lvb_valid: true,
+            // Nobody has written it: a reader must not take zeros for a
+            // value (the resource may have been lost with its master).
+            lvb_valid: false,
             lvb_seq: 0,
             grant_seq: 0,
             granted: Vec::new(),
             converting: VecDeque::new(),
             waiting: VecDeque::new(),
+            held_for: std::collections::BTreeSet::new(),
         })
+    }
+
+    /// A resource rebuilt by recovery from what the surviving holders
+    /// reported (its master left). `locks` are granted modes; `lvb` is the
+    /// newest copy any survivor had and whether it can be trusted; every
+    /// grant from now on is numbered above `seq_floor`.
+    pub fn recovered(
+        name: &[u8],
+        lvb_len: usize,
+        locks: &[(LockId, Mode)],
+        lvb: Option<(&[u8], bool)>,
+        seq_floor: u64,
+    ) -> Result<Resource, LockError> {
+        let mut r = Resource::new(name, lvb_len)?;
+        for (i, (a, am)) in locks.iter().enumerate() {
+            if let Some((b, bm)) = locks[i + 1..]
+                .iter()
+                .find(|(b, bm)| b == a || !am.compatible(*bm))
+            {
+                return Err(LockError::Invalid(format!(
+                    "recovery of {:?}: {a} reports {am} and {b} reports {bm}",
+                    String::from_utf8_lossy(name)
+                )));
+            }
+        }
+        for &(id, mode) in locks {
+            r.granted.push(Lkb {
+                id,
+                grmode: Some(mode),
+                rqmode: mode,
+                flags: Flags::NONE,
+                deadline: None,
+                highbast: None,
+                demoted: false,
+            });
+        }
+        if let Some((v, valid)) = lvb {
+            r.check_lvb_arg(Some(v))?;
+            r.lvb.copy_from_slice(v);
+            r.lvb_valid = valid;
+        }
+        r.grant_seq = seq_floor;
+        r.check();
+        Ok(r)
+    }
+
+    /// Holds grants (except NOEXP) while `nodes` is not empty: the
+    /// lockspace's departed nodes whose recovery is not done.
+    pub fn set_holds(&mut self, nodes: &std::collections::BTreeSet<NodeId>) -> Vec<Event> {
+        let mut out = Vec::new();
+        let was_held = !self.held_for.is_empty();
+        self.held_for.clone_from(nodes);
+        if was_held && self.held_for.is_empty() {
+            self.grant_pending(&mut out);
+        }
+        self.check();
+        out
+    }
+
+    pub fn held_for(&self) -> impl Iterator<Item = &NodeId> {
+        self.held_for.iter()
+    }
+
+    /// Whether `node` holds PW or EX here (granted or while converting).
+    pub fn held_by_writer(&self, node: NodeId) -> bool {
+        self.granted
+            .iter()
+            .chain(self.converting.iter())
+            .any(|l| l.id.node == node && l.grmode.is_some_and(Mode::writes_lvb))
+    }
+
+    fn may_grant(&self, flags: Flags) -> bool {
+        self.held_for.is_empty() || flags.contains(Flags::NOEXP)
+    }
+
+    /// Grants from now on are numbered above `floor` (a new membership
+    /// generation starts a new range, so tokens only grow across recovery).
+    pub fn raise_seq_floor(&mut self, floor: u64) {
+        self.grant_seq = self.grant_seq.max(floor);
     }
 
     pub fn name(&self) -> &[u8] {
@@ -289,7 +382,8 @@ impl Resource {
             highbast: None,
             demoted: false,
         };
-        let grantable = self.converting.is_empty()
+        let grantable = self.may_grant(flags)
+            && self.converting.is_empty()
             && self.waiting.is_empty()
             && self.compatible_with_holders(mode, None);
         if grantable {
@@ -337,8 +431,12 @@ impl Resource {
         };
         let mut out = Vec::new();
         let held = self.granted[pos].grmode.unwrap_or(Mode::NL);
-        // PR -> CW is not a down-conversion: CW conflicts with PR holders.
-        let down = mode <= held && !(held == Mode::PR && mode == Mode::CW);
+        if held.incomparable(mode) {
+            return Err(LockError::Invalid(format!(
+                "{held} -> {mode}: neither mode covers the other; convert through CR"
+            )));
+        }
+        let down = mode <= held;
         if down {
             let mut l = self.granted.remove(pos);
             self.write_lvb(held, flags, lvb);
@@ -350,7 +448,8 @@ impl Resource {
             return Ok(out);
         }
         // With QUECVT the conversion may not pass converters already queued.
-        let grantable = (!flags.contains(Flags::QUECVT) || self.converting.is_empty())
+        let grantable = self.may_grant(flags)
+            && (!flags.contains(Flags::QUECVT) || self.converting.is_empty())
             && self.compatible_with_holders(mode, Some(id));
         let mut l = self.granted.remove(pos);
         l.rqmode = mode;
@@ -526,7 +625,9 @@ impl Resource {
             let mut i = 0;
             while i < self.converting.len() {
                 let (id, want) = (self.converting[i].id, self.converting[i].rqmode);
-                if self.compatible_with_holders(want, Some(id)) {
+                if self.may_grant(self.converting[i].flags)
+                    && self.compatible_with_holders(want, Some(id))
+                {
                     if let Some(l) = self.converting.remove(i) {
                         self.grant(l, out);
                         changed = true;
@@ -539,7 +640,8 @@ impl Resource {
                 let Some(front) = self.waiting.front() else {
                     break;
                 };
-                if !self.compatible_with_holders(front.rqmode, None) {
+                if !self.may_grant(front.flags) || !self.compatible_with_holders(front.rqmode, None)
+                {
                     break;
                 }
                 if let Some(l) = self.waiting.pop_front() {

@@ -6,11 +6,12 @@
 //! message or a [`WireError`] naming what was wrong; nothing panics, nothing
 //! allocates more than the frame limit. No I/O here.
 
+use crate::member::{Member, View, MAX_NODES};
 use crate::mode::Mode;
 use crate::resource::{LockError, LockId, NodeId, MAX_NAME};
 
 pub const MAGIC: u16 = 0x524c; // "RL"
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 16;
 /// Largest body accepted (names, LVBs and error texts are all bounded).
 pub const MAX_BODY: usize = 4096;
@@ -18,6 +19,9 @@ pub const MAX_BODY: usize = 4096;
 pub const MAX_LVB: usize = 1024;
 /// Longest error text carried.
 pub const MAX_TEXT: usize = 512;
+/// Most departed incarnations one recovery message lists (bounded by the
+/// body limit: 12 bytes each).
+pub const MAX_HOLDS: usize = 160;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -81,6 +85,85 @@ pub enum Body {
         name: Vec<u8>,
         mode: Mode,
     },
+
+    // Membership (the header's generation is the sender's committed one,
+    // or for Propose/Accept/Commit the proposed one).
+    /// "I am alive": sent to every configured node each heartbeat period.
+    Heartbeat {
+        incarnation: u64,
+        hb: u64,
+    },
+    /// "You are in my membership": renews the sender's part of the
+    /// receiver's lease, for that incarnation only.
+    HeartbeatAck {
+        hb: u64,
+        incarnation: u64,
+    },
+    /// "This incarnation of you was excluded; start over as a new one."
+    Excluded {
+        incarnation: u64,
+    },
+    /// From a coordinator: the next membership.
+    Propose {
+        members: Vec<(NodeId, u64)>,
+    },
+    /// To the coordinator: accepted; what the acceptor accepted before and
+    /// the last membership it committed.
+    Accept {
+        incarnation: u64,
+        previous: Vec<(NodeId, u64)>,
+        committed: Option<View>,
+    },
+    /// From the coordinator: every proposed member accepted.
+    Commit {
+        view: View,
+    },
+
+    // Lockspace recovery (generation-strict).
+    /// To the new directory node: the sender masters `name`.
+    DirEntry {
+        name: Vec<u8>,
+    },
+    /// The sender has sent all its directory entries.
+    DirDone,
+    /// To the new master of a resource whose master left: one of the
+    /// sender's locks on it.
+    RecoverLock {
+        lkid: u64,
+        name: Vec<u8>,
+        mode: Mode,
+        /// Grant sequence number of the lock's current grant.
+        seq: u64,
+        /// What `lvb` is: a copy the lock was granted with, or a value the
+        /// lock wrote in a down-conversion or unlock the old master may
+        /// never have seen.
+        lvb_source: LvbSource,
+        lvb_valid: bool,
+        lvb: Option<Vec<u8>>,
+    },
+    /// The sender has sent all its locks for recovery.
+    LocksDone,
+    /// The sender has rebuilt every resource it now masters; the departed
+    /// incarnations whose recovery it knows pending, and those it knows
+    /// done (so every member ends with the same holds).
+    RecoveryDone {
+        pending: Vec<(NodeId, u64)>,
+        released: Vec<(NodeId, u64)>,
+    },
+    /// The user finished recovering this incarnation of `node` (replayed
+    /// its journal): grants held for it may go ahead.
+    ReleaseHold {
+        node: NodeId,
+        incarnation: u64,
+    },
+}
+
+/// Where a recovered lock's LVB copy comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LvbSource {
+    None = 0,
+    Granted = 1,
+    Written = 2,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +214,26 @@ impl Writer {
                 self.bytes(b);
             }
             None => self.u8(0),
+        }
+    }
+}
+
+impl Writer {
+    fn ids(&mut self, m: &[(NodeId, u64)]) {
+        self.0.extend_from_slice(&(m.len() as u16).to_be_bytes());
+        for (id, inc) in m {
+            self.u32(*id);
+            self.u64(*inc);
+        }
+    }
+    fn view(&mut self, v: &View) {
+        self.u32(v.generation);
+        self.0
+            .extend_from_slice(&(v.members.len() as u16).to_be_bytes());
+        for m in &v.members {
+            self.u32(m.id);
+            self.u64(m.incarnation);
+            self.u32(m.slot);
         }
     }
 }
@@ -206,6 +309,43 @@ impl<'a> Reader<'a> {
             None
         })
     }
+    fn count(&mut self, max: usize, field: &str) -> Result<usize, WireError> {
+        let b = self.take(2)?;
+        let n = usize::from(u16::from_be_bytes([b[0], b[1]]));
+        if n > max {
+            return Err(self.err(format!("{n} {field} exceed {max}")));
+        }
+        Ok(n)
+    }
+    fn ids(&mut self) -> Result<Vec<(NodeId, u64)>, WireError> {
+        self.ids_up_to(MAX_NODES)
+    }
+    fn ids_up_to(&mut self, max: usize) -> Result<Vec<(NodeId, u64)>, WireError> {
+        let n = self.count(max, "node incarnations")?;
+        (0..n).map(|_| Ok((self.u32()?, self.u64()?))).collect()
+    }
+    fn view(&mut self) -> Result<View, WireError> {
+        let generation = self.u32()?;
+        let n = self.count(MAX_NODES, "members")?;
+        let members = (0..n)
+            .map(|_| {
+                Ok(Member {
+                    id: self.u32()?,
+                    incarnation: self.u64()?,
+                    slot: self.u32()?,
+                })
+            })
+            .collect::<Result<Vec<_>, WireError>>()?;
+        View::new(generation, members).map_err(|e| self.err(e))
+    }
+    fn lvb_source(&mut self) -> Result<LvbSource, WireError> {
+        match self.u8()? {
+            0 => Ok(LvbSource::None),
+            1 => Ok(LvbSource::Granted),
+            2 => Ok(LvbSource::Written),
+            v => Err(self.err(format!("unknown LVB source {v}"))),
+        }
+    }
     fn end(&self) -> Result<(), WireError> {
         if self.b.is_empty() {
             Ok(())
@@ -227,6 +367,18 @@ fn type_of(b: &Body) -> u8 {
         Body::Failed { .. } => 8,
         Body::Unlocked { .. } => 9,
         Body::Blocking { .. } => 10,
+        Body::Heartbeat { .. } => 11,
+        Body::HeartbeatAck { .. } => 12,
+        Body::Excluded { .. } => 13,
+        Body::Propose { .. } => 14,
+        Body::Accept { .. } => 15,
+        Body::Commit { .. } => 16,
+        Body::DirEntry { .. } => 17,
+        Body::DirDone => 18,
+        Body::RecoverLock { .. } => 19,
+        Body::LocksDone => 20,
+        Body::RecoveryDone { .. } => 21,
+        Body::ReleaseHold { .. } => 22,
     }
 }
 
@@ -256,6 +408,7 @@ fn encode_error(w: &mut Writer, e: &LockError) {
             w.u32(id.node);
             w.u64(id.lkid);
         }
+        LockError::NotMaster => w.u8(8),
     }
 }
 
@@ -285,6 +438,7 @@ fn decode_error(r: &mut Reader<'_>) -> Result<LockError, WireError> {
             node: r.u32()?,
             lkid: r.u64()?,
         }),
+        8 => LockError::NotMaster,
         v => return Err(r.err(format!("unknown error code {v}"))),
     })
 }
@@ -363,6 +517,59 @@ impl Message {
                 w.u64(*lkid);
                 w.bytes(name);
                 w.u8(*mode as u8);
+            }
+            Body::Heartbeat { incarnation, hb } => {
+                w.u64(*incarnation);
+                w.u64(*hb);
+            }
+            Body::HeartbeatAck { hb, incarnation } => {
+                w.u64(*hb);
+                w.u64(*incarnation);
+            }
+            Body::Excluded { incarnation } => w.u64(*incarnation),
+            Body::Propose { members } => w.ids(members),
+            Body::Accept {
+                incarnation,
+                previous,
+                committed,
+            } => {
+                w.u64(*incarnation);
+                w.ids(previous);
+                match committed {
+                    Some(v) => {
+                        w.u8(1);
+                        w.view(v);
+                    }
+                    None => w.u8(0),
+                }
+            }
+            Body::Commit { view } => w.view(view),
+            Body::DirEntry { name } => w.bytes(name),
+            Body::DirDone | Body::LocksDone => {}
+            Body::RecoveryDone { pending, released } => {
+                w.ids(pending);
+                w.ids(released);
+            }
+            Body::ReleaseHold { node, incarnation } => {
+                w.u32(*node);
+                w.u64(*incarnation);
+            }
+            Body::RecoverLock {
+                lkid,
+                name,
+                mode,
+                seq,
+                lvb_source,
+                lvb_valid,
+                lvb,
+            } => {
+                w.u64(*lkid);
+                w.bytes(name);
+                w.u8(*mode as u8);
+                w.u64(*seq);
+                w.u8(*lvb_source as u8);
+                w.u8(u8::from(*lvb_valid));
+                w.opt(lvb);
             }
         }
         let body = w.0;
@@ -458,6 +665,44 @@ impl Message {
                 lkid: r.u64()?,
                 name: r.name()?,
                 mode: r.mode()?,
+            },
+            11 => Body::Heartbeat {
+                incarnation: r.u64()?,
+                hb: r.u64()?,
+            },
+            12 => Body::HeartbeatAck {
+                hb: r.u64()?,
+                incarnation: r.u64()?,
+            },
+            13 => Body::Excluded {
+                incarnation: r.u64()?,
+            },
+            14 => Body::Propose { members: r.ids()? },
+            15 => Body::Accept {
+                incarnation: r.u64()?,
+                previous: r.ids()?,
+                committed: if r.bool()? { Some(r.view()?) } else { None },
+            },
+            16 => Body::Commit { view: r.view()? },
+            17 => Body::DirEntry { name: r.name()? },
+            18 => Body::DirDone,
+            19 => Body::RecoverLock {
+                lkid: r.u64()?,
+                name: r.name()?,
+                mode: r.mode()?,
+                seq: r.u64()?,
+                lvb_source: r.lvb_source()?,
+                lvb_valid: r.bool()?,
+                lvb: r.opt_lvb()?,
+            },
+            20 => Body::LocksDone,
+            21 => Body::RecoveryDone {
+                pending: r.ids_up_to(MAX_HOLDS)?,
+                released: r.ids_up_to(MAX_HOLDS)?,
+            },
+            22 => Body::ReleaseHold {
+                node: r.u32()?,
+                incarnation: r.u64()?,
             },
             t => return Err(WireError::UnknownType(t)),
         };

@@ -110,13 +110,50 @@ fn down_conversion_is_immediate_and_up_conversion_queues() {
 }
 
 #[test]
-fn pr_to_cw_is_not_a_down_conversion() {
+fn pr_cw_conversions_are_refused() {
+    // Neither mode covers the other, so recovery could not say which one a
+    // lost conversion left; rdlm asks callers to go through CR.
     let mut r = res();
     let (a, b) = (id(1, 1), id(2, 1));
     r.request(a, Mode::PR, Flags::NONE, None).unwrap();
-    r.request(b, Mode::PR, Flags::NONE, None).unwrap();
+    r.request(b, Mode::CW, Flags::NONE, None)
+        .unwrap_or_default();
+    let e = r
+        .convert(a, Mode::CW, Flags::CONVERT, None, None)
+        .unwrap_err();
+    assert!(
+        matches!(e, LockError::Invalid(ref t) if t.contains("through CR")),
+        "{e}"
+    );
+    assert!(r.holders().contains(&(a, Some(Mode::PR), None)));
+    r.convert(a, Mode::CR, Flags::CONVERT, None, None).unwrap();
     let ev = r.convert(a, Mode::CW, Flags::CONVERT, None, None).unwrap();
-    assert!(granted(&ev).is_empty(), "CW granted next to a PR holder");
+    assert!(granted(&ev).is_empty() || granted(&ev) == [(a, Mode::CW)]);
+}
+
+#[test]
+fn a_new_resource_has_no_valid_lvb_until_written() {
+    let mut r = res();
+    let a = id(1, 1);
+    let ev = r.request(a, Mode::EX, Flags::VALBLK, None).unwrap();
+    assert!(
+        matches!(
+            ev[0],
+            Event::Granted {
+                lvb_valid: false,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    let v = vec![7u8; 32];
+    r.convert(a, Mode::NL, Flags::VALBLK, Some(&v), None)
+        .unwrap();
+    let ev = r.convert(a, Mode::PR, Flags::VALBLK, None, None).unwrap();
+    assert!(
+        matches!(&ev[0], Event::Granted { lvb_valid: true, lvb: Some(l), .. } if *l == v),
+        "{ev:?}"
+    );
 }
 
 #[test]
@@ -394,4 +431,29 @@ proptest! {
         prop_assert!(r.is_unused(), "locks left: {:?}", r.holders());
         prop_assert!(pending.is_empty(), "requests that never completed: {pending:?}");
     }
+}
+
+#[test]
+fn held_resources_grant_only_noexp_until_released() {
+    let mut r = res();
+    let (a, b, c) = (id(1, 1), id(2, 1), id(3, 1));
+    let held: std::collections::BTreeSet<u32> = [9].into_iter().collect();
+    assert!(r.set_holds(&held).is_empty());
+    let ev = r.request(a, Mode::PR, Flags::NONE, None).unwrap();
+    assert!(granted(&ev).is_empty(), "granted while held: {ev:?}");
+    let ev = r.request(b, Mode::CR, Flags::NOEXP, None).unwrap();
+    // FIFO: the NOEXP request waits behind the held one.
+    assert!(granted(&ev).is_empty());
+    let ev = r.request(c, Mode::NL, Flags::NOQUEUE, None).unwrap();
+    assert!(
+        !failed(&ev).is_empty(),
+        "NOQUEUE while held must fail at once"
+    );
+    let ev = r.set_holds(&Default::default());
+    assert_eq!(granted(&ev), [(a, Mode::PR), (b, Mode::CR)]);
+
+    let mut r = res();
+    r.set_holds(&held);
+    let ev = r.request(a, Mode::EX, Flags::NOEXP, None).unwrap();
+    assert_eq!(granted(&ev), [(a, Mode::EX)], "NOEXP passes the hold");
 }

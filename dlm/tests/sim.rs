@@ -1,27 +1,41 @@
-//! Deterministic simulation of 3–6 lockspace nodes over a simulated
-//! network: every message is encoded and decoded, delivery is FIFO per
-//! (sender, receiver) pair (as one QUIC stream per peer gives) with the
-//! pairs interleaved at random, and clients on every node request, convert,
-//! cancel and release locks on a few contended resources.
+//! Deterministic simulation of 3–9 lock manager nodes (membership, lease,
+//! lockspace and recovery — the whole sans-I/O core) over a simulated
+//! network with latency, per-pair FIFO delivery (what the transport's
+//! reliable streams give), partitions (messages wait until the cut heals,
+//! as the transport resends them), crashes (a crashed process's queues are
+//! lost; what it already sent may or may not arrive) and restarts as new
+//! incarnations. Clients on every node request, convert, cancel and release
+//! locks on a few contended resources; every message crosses the codec.
 //!
-//! Safety: at every step, the modes the nodes *believe* they hold on a
-//! resource are pairwise compatible. Liveness: once the clients stop and
-//! let go, every operation completes and no lock is left anywhere.
-//! A failing seed is printed; `RDLM_SIM_SEED=<seed>` replays just that one.
-//! (No node failures or partitions yet: membership and recovery are not
-//! built.)
+//! Safety, checked after every step, over what every live node *believes*
+//! (a node believes a lock from its grant until it sends the release, or
+//! until the node learns its lease is gone):
+//! - no two incompatible modes are believed on one resource at once;
+//! - no grant sequence number (fencing token) is handed out twice on a
+//!   resource;
+//! - a valid LVB granted in PR/PW/EX is never older than one seen before.
+//!
+//! Liveness: once the network heals and every node is back, all nodes agree
+//! on one view, and after the clients let go every operation completes and
+//! no lock is left.
+//!
+//! A failing seed is printed; `RDLM_SIM_SEED=<seed>` replays exactly that
+//! one, `RDLM_SIM_TRACE=1` prints every event, `RDLM_SIM_SEEDS=<n>` runs
+//! more seeds.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdlm::wire::Message;
-use rdlm::{Callback, Flags, Lockspace, Mode, Output};
-use std::collections::{BTreeMap, VecDeque};
+use rdlm::{Callback, Flags, Lockspace, MemberConfig, MemberEvent, Mode, Node, Output, Timing};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-const NAMES: [&[u8]; 3] = [b"inode/1", b"inode/2", b"rgrp/0"];
+const NAMES: [&[u8]; 4] = [b"inode/1", b"inode/2", b"rgrp/0", b"journal/3"];
 const LVB: usize = 32;
-
-/// (node, lock id on that node)
-type NodeLock = (u32, u64);
+const TIMING: Timing = Timing {
+    heartbeat: 10,
+    failure_timeout: 50,
+    lease: 100,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Belief {
@@ -35,62 +49,197 @@ enum Belief {
     Releasing,
 }
 
-struct Sim {
-    rng: StdRng,
-    nodes: Vec<Lockspace>,
-    /// (from, to) -> frames in flight, FIFO.
-    net: BTreeMap<(u32, u32), VecDeque<Vec<u8>>>,
-    /// (node, lkid) -> (resource, belief)
-    beliefs: BTreeMap<(u32, u64), (usize, Belief)>,
-    lvb_seen: BTreeMap<usize, u64>,
-    ops: u64,
-    grants: u64,
+fn trace() -> bool {
+    std::env::var_os("RDLM_SIM_TRACE").is_some()
 }
 
 fn down(from: Mode, to: Mode) -> bool {
-    to <= from && !(from == Mode::PR && to == Mode::CW)
+    to <= from
+}
+
+struct Frame {
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+struct Sim {
+    rng: StdRng,
+    now: u64,
+    cfg: MemberConfig,
+    nodes: Vec<Option<Node>>,
+    next_incarnation: u64,
+    net: BTreeMap<(u32, u32), VecDeque<Frame>>,
+    /// Directed pairs whose traffic waits.
+    cut: BTreeSet<(u32, u32)>,
+    /// (node, lkid) -> (resource, belief)
+    beliefs: BTreeMap<(u32, u64), (usize, Belief)>,
+    lvb_seen: BTreeMap<usize, u64>,
+    tokens: BTreeSet<(usize, u64)>,
+    ops: u64,
+    grants: u64,
+    faults: u64,
+    views: u64,
+    lost: u64,
+    /// Recovery holds on (a file system's mode) for this seed.
+    hold: bool,
+    /// resource -> dead incarnation -> the writer mode it died holding.
+    dead_writers: BTreeMap<usize, BTreeMap<(u32, u64), Mode>>,
+    /// Locks requested with NOEXP.
+    noexp: BTreeSet<(u32, u64)>,
+    releases: u64,
 }
 
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
-        let n = rng.gen_range(3..=6u32);
-        let members: Vec<u32> = (1..=n).collect();
-        let nodes = members
-            .iter()
-            .map(|&id| Lockspace::new(id, &members, 7, LVB).unwrap())
+        let n = rng.gen_range(3..=9u32);
+        let cfg = MemberConfig {
+            nodes: (1..=n).collect(),
+            timing: TIMING,
+            two_node: false,
+        };
+        let hold = rng.gen_bool(0.5);
+        let nodes = (1..=n)
+            .map(|id| {
+                let mut node = Node::new(id, u64::from(id) << 32, 0, cfg.clone(), LVB).unwrap();
+                node.set_recovery_hold(hold);
+                Some(node)
+            })
             .collect();
         Sim {
             rng,
+            now: 0,
+            cfg,
             nodes,
+            next_incarnation: 1,
             net: BTreeMap::new(),
+            cut: BTreeSet::new(),
             beliefs: BTreeMap::new(),
             lvb_seen: BTreeMap::new(),
+            tokens: BTreeSet::new(),
             ops: 0,
             grants: 0,
+            faults: 0,
+            views: 0,
+            lost: 0,
+            hold,
+            dead_writers: BTreeMap::new(),
+            noexp: BTreeSet::new(),
+            releases: 0,
         }
     }
 
-    fn collect(&mut self, idx: usize) -> Result<(), String> {
-        let node = self.nodes[idx].id();
-        for o in self.nodes[idx].drain() {
+    fn n(&self) -> u32 {
+        self.nodes.len() as u32
+    }
+
+    fn collect(&mut self, id: u32) -> Result<(), String> {
+        let outs = match self.nodes[(id - 1) as usize].as_mut() {
+            Some(node) => node.drain(),
+            None => return Ok(()),
+        };
+        for o in outs {
             match o {
                 Output::Send { to, msg } => {
-                    // Every message crosses the wire format.
-                    self.net
-                        .entry((node, to))
-                        .or_default()
-                        .push_back(msg.encode());
+                    let lat = if self.rng.gen_bool(0.02) {
+                        self.rng.gen_range(5..30)
+                    } else {
+                        self.rng.gen_range(0..3)
+                    };
+                    let q = self.net.entry((id, to)).or_default();
+                    let at = q.back().map_or(0, |f| f.at).max(self.now + lat);
+                    q.push_back(Frame {
+                        at,
+                        bytes: msg.encode(),
+                    });
                 }
-                Output::Callback(cb) => self.callback(node, cb)?,
+                Output::Callback(cb) => self.callback(id, cb)?,
+                Output::Membership(e) => {
+                    if trace() {
+                        eprintln!("[{}] node {id}: {e:?}", self.now);
+                    }
+                    match e {
+                        MemberEvent::Committed { .. } => self.views += 1,
+                        MemberEvent::Lost { incarnation, .. } => {
+                            self.lost += 1;
+                            self.died(id, incarnation - 1);
+                        }
+                    }
+                }
             }
         }
         Ok(())
     }
 
+    /// Incarnation `inc` of node `id` crashed or lost its lease: what it
+    /// held in PW/EX must not be granted against until its recovery is
+    /// declared done.
+    fn died(&mut self, id: u32, inc: u64) {
+        if self.hold {
+            for ((n, _), (r, b)) in &self.beliefs {
+                if let (true, Belief::Held { mode, .. }) = (*n == id, b) {
+                    if mode.writes_lvb() {
+                        self.dead_writers
+                            .entry(*r)
+                            .or_default()
+                            .insert((id, inc), *mode);
+                    }
+                }
+            }
+        }
+        self.beliefs.retain(|(n, _), _| *n != id);
+        self.noexp.retain(|(n, _)| *n != id);
+    }
+
+    /// Whether any live node still knows that incarnation `d` of a node
+    /// left (or has yet to learn it): if none does, the cluster forgot, and
+    /// recovery falls to the next first mounter.
+    fn known(&self, d: (u32, u64)) -> bool {
+        self.nodes.iter().flatten().any(|n| {
+            n.view().is_some_and(|v| v.contains(d.0, d.1))
+                || n.lockspace().pending_recovery().any(|p| *p == d)
+        })
+    }
+
+    /// Plays the file system: a survivor "replays the journals" of the
+    /// departed nodes it knows of and says so.
+    fn release_recovered(&mut self) -> Result<(), String> {
+        let now = self.now;
+        let ready: Vec<u32> = self
+            .live()
+            .into_iter()
+            .filter(|id| {
+                self.nodes[(*id - 1) as usize].as_ref().is_some_and(|n| {
+                    n.quorate(now)
+                        && !n.lockspace().is_recovering()
+                        && n.lockspace().pending_recovery().next().is_some()
+                })
+            })
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let by = ready[self.rng.gen_range(0..ready.len())];
+        let Some(n) = self.nodes[(by - 1) as usize].as_mut() else {
+            return Ok(());
+        };
+        let pending: Vec<(u32, u64)> = n.lockspace().pending_recovery().copied().collect();
+        for d in pending {
+            if trace() {
+                eprintln!("[{now}] node {by}: recovery of node {}/{} done", d.0, d.1);
+            }
+            n.recovery_done(now, d.0, d.1);
+            for m in self.dead_writers.values_mut() {
+                m.remove(&d);
+            }
+            self.releases += 1;
+        }
+        self.collect(by)
+    }
+
     fn callback(&mut self, node: u32, cb: Callback) -> Result<(), String> {
-        if std::env::var_os("RDLM_SIM_TRACE").is_some() {
-            eprintln!("  node {node} <- {cb:?}");
+        if trace() {
+            eprintln!("[{}]   node {node} <- {cb:?}", self.now);
         }
         match cb {
             Callback::Granted {
@@ -98,6 +247,7 @@ impl Sim {
                 mode,
                 lvb,
                 lvb_valid,
+                seq,
                 ..
             } => {
                 self.grants += 1;
@@ -105,25 +255,61 @@ impl Sim {
                     .beliefs
                     .get_mut(&(node, lkid))
                     .ok_or(format!("grant for unknown lock {node}:{lkid}"))?;
+                // A down-conversion gives no new access: holds let it by.
+                let down_conversion =
+                    matches!(e.1, Belief::Held { mode: before, .. } if mode <= before);
                 e.1 = Belief::Held {
                     mode,
                     pending: false,
                 };
+                let r = e.0;
+                if !self.noexp.remove(&(node, lkid)) && !down_conversion {
+                    let blocking: Vec<((u32, u64), Mode)> = self
+                        .dead_writers
+                        .get(&r)
+                        .map(|m| {
+                            m.iter()
+                                .filter(|(_, dm)| !mode.compatible(**dm))
+                                .map(|(d, dm)| (*d, *dm))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    for (d, dm) in blocking {
+                        if self.known(d) {
+                            return Err(format!(
+                                "{} granted {mode} to {node}:{lkid} while node {}/{}, dead holding {dm}, was not recovered",
+                                String::from_utf8_lossy(NAMES[r]),
+                                d.0,
+                                d.1
+                            ));
+                        }
+                        // Forgotten by every live node: not the DLM's to hold.
+                        if let Some(m) = self.dead_writers.get_mut(&r) {
+                            m.remove(&d);
+                        }
+                    }
+                }
+                if !self.tokens.insert((r, seq)) {
+                    return Err(format!(
+                        "grant sequence {seq:#x} of {} handed out twice",
+                        String::from_utf8_lossy(NAMES[r])
+                    ));
+                }
                 // LVB: a counter the writers bump. A grant in a mode that
-                // excludes writers (PR, PW, EX) must show the newest value;
-                // NL/CR/CW may legitimately see a writer move on before
-                // their grant is delivered.
-                let excludes_writers = !mode.compatible(Mode::PW);
-                if let (Some(v), true) = (lvb, excludes_writers) {
+                // excludes writers (PR, PW, EX) must show the newest value
+                // unless flagged not valid.
+                if let (Some(v), true) = (lvb, !mode.compatible(Mode::PW)) {
                     let c = u64::from_be_bytes(v[..8].try_into().unwrap());
-                    let seen = self.lvb_seen.entry(e.0).or_default();
+                    let seen = self.lvb_seen.entry(r).or_default();
                     if lvb_valid && c < *seen {
                         return Err(format!(
-                            "LVB of resource {} went back from {seen} to {c}",
-                            e.0
+                            "LVB of {} went back from {seen} to {c}",
+                            String::from_utf8_lossy(NAMES[r])
                         ));
                     }
-                    *seen = (*seen).max(c);
+                    if lvb_valid {
+                        *seen = (*seen).max(c);
+                    }
                 }
             }
             Callback::Failed { lkid, .. } => {
@@ -159,39 +345,147 @@ impl Sim {
                     ));
                 }
             }
+            Callback::Recovered { .. } => {}
         }
         Ok(())
     }
 
-    fn deliver_one(&mut self) -> Result<bool, String> {
-        let keys: Vec<(u32, u32)> = self
-            .net
+    fn deliverable(&self) -> Vec<(u32, u32)> {
+        self.net
             .iter()
-            .filter(|(_, q)| !q.is_empty())
+            .filter(|(k, q)| !self.cut.contains(k) && q.front().is_some_and(|f| f.at <= self.now))
             .map(|(k, _)| *k)
-            .collect();
-        if keys.is_empty() {
-            return Ok(false);
-        }
-        let k = keys[self.rng.gen_range(0..keys.len())];
+            .collect()
+    }
+
+    fn deliver(&mut self, k: (u32, u32)) -> Result<(), String> {
         let frame = self
             .net
             .get_mut(&k)
             .and_then(|q| q.pop_front())
             .ok_or("empty queue")?;
-        let msg = Message::decode(&frame).map_err(|e| format!("decode: {e}"))?;
-        if std::env::var_os("RDLM_SIM_TRACE").is_some() {
-            eprintln!("{} -> {}: {:?}", k.0, k.1, msg.body);
+        let msg = Message::decode(&frame.bytes).map_err(|e| format!("decode: {e}"))?;
+        if trace()
+            && !matches!(
+                msg.body,
+                rdlm::wire::Body::Heartbeat { .. } | rdlm::wire::Body::HeartbeatAck { .. }
+            )
+        {
+            eprintln!(
+                "[{}] {} -> {}: g{} {:?}",
+                self.now, k.0, k.1, msg.generation, msg.body
+            );
         }
-        let idx = (k.1 - 1) as usize;
-        self.nodes[idx].receive(msg);
-        self.collect(idx)?;
-        Ok(true)
+        let now = self.now;
+        if let Some(node) = self.nodes[(k.1 - 1) as usize].as_mut() {
+            node.receive(now, msg);
+            self.collect(k.1)?;
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self) -> Result<(), String> {
+        self.now += self.rng.gen_range(1..=4);
+        if self.rng.gen_bool(0.05) {
+            self.release_recovered()?;
+        }
+        for id in 1..=self.n() {
+            let now = self.now;
+            if let Some(node) = self.nodes[(id - 1) as usize].as_mut() {
+                node.tick(now);
+                self.collect(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn live(&self) -> Vec<u32> {
+        (1..=self.n())
+            .filter(|id| self.nodes[(*id - 1) as usize].is_some())
+            .collect()
+    }
+
+    fn fault(&mut self) {
+        self.faults += 1;
+        let n = self.n();
+        let what = self.rng.gen_range(0..6);
+        let id = self.rng.gen_range(1..=n);
+        match what {
+            0 if self.nodes[(id - 1) as usize].is_some() => {
+                if trace() {
+                    eprintln!("[{}] CRASH node {id}", self.now);
+                }
+                let inc = self.nodes[(id - 1) as usize]
+                    .as_ref()
+                    .map_or(0, |n| n.incarnation());
+                self.nodes[(id - 1) as usize] = None;
+                self.died(id, inc);
+                let keep_sent = self.rng.gen_bool(0.5);
+                self.net
+                    .retain(|(from, to), _| *to != id && (keep_sent || *from != id));
+            }
+            1 | 0 => {
+                if self.nodes[(id - 1) as usize].is_none() {
+                    if trace() {
+                        eprintln!("[{}] RESTART node {id}", self.now);
+                    }
+                    let inc = (u64::from(id) << 32) + self.next_incarnation * 1000;
+                    self.next_incarnation += 1;
+                    let mut node =
+                        Node::new(id, inc, self.now as u32, self.cfg.clone(), LVB).unwrap();
+                    node.set_recovery_hold(self.hold);
+                    self.nodes[(id - 1) as usize] = Some(node);
+                    // The transport discards what the old process had not
+                    // yet received or sent.
+                    self.net.retain(|(from, to), _| *to != id && *from != id);
+                }
+            }
+            2 => {
+                if trace() {
+                    eprintln!("[{}] ISOLATE node {id}", self.now);
+                }
+                for o in 1..=n {
+                    if o != id {
+                        self.cut.insert((id, o));
+                        self.cut.insert((o, id));
+                    }
+                }
+            }
+            3 => {
+                let side: BTreeSet<u32> = (1..=n).filter(|_| self.rng.gen_bool(0.5)).collect();
+                if trace() {
+                    eprintln!("[{}] SPLIT {side:?}", self.now);
+                }
+                for a in 1..=n {
+                    for b in 1..=n {
+                        if side.contains(&a) != side.contains(&b) {
+                            self.cut.insert((a, b));
+                        }
+                    }
+                }
+            }
+            4 => {
+                let o = self.rng.gen_range(1..=n);
+                if o != id {
+                    if trace() {
+                        eprintln!("[{}] CUT {id} -> {o}", self.now);
+                    }
+                    self.cut.insert((id, o));
+                }
+            }
+            _ => {
+                if trace() {
+                    eprintln!("[{}] HEAL", self.now);
+                }
+                self.cut.clear();
+            }
+        }
     }
 
     fn client_step(&mut self) -> Result<(), String> {
-        let idx = self.rng.gen_range(0..self.nodes.len());
-        let node = self.nodes[idx].id();
+        let live = self.live();
+        let node = live[self.rng.gen_range(0..live.len())];
+        let now = self.now;
         let mine: Vec<(u64, usize, Belief)> = self
             .beliefs
             .iter()
@@ -199,98 +493,116 @@ impl Sim {
             .map(|((_, l), (r, b))| (*l, *r, *b))
             .collect();
         let mode = Mode::from_u8(self.rng.gen_range(0..6)).unwrap();
-        if mine.len() < 3 && self.rng.gen_bool(0.4) {
-            let r = self.rng.gen_range(0..NAMES.len());
-            let flags = if self.rng.gen_bool(0.2) {
-                Flags::NOQUEUE | Flags::VALBLK
+        let flags = if self.rng.gen_bool(0.2) {
+            Flags::NOQUEUE | Flags::VALBLK
+        } else {
+            Flags::VALBLK
+        };
+        let r = self.rng.gen_range(0..NAMES.len());
+        let pick = self.rng.gen_range(0..mine.len().max(1));
+        let unlock = self.rng.gen_bool(0.5);
+        let cancel = self.rng.gen_bool(0.3);
+        let next_lvb = self.lvb_seen.get(&r).copied().unwrap_or(0);
+        let Some(ls_node) = self.nodes[(node - 1) as usize].as_mut() else {
+            return Ok(());
+        };
+        let timeout = self.rng.gen_bool(0.1).then(|| self.rng.gen_range(1..40));
+        if mine.len() < 3 && (mine.is_empty() || self.rng.gen_bool(0.4)) {
+            let flags = if timeout.is_some() {
+                flags | Flags::TIMEOUT
             } else {
-                Flags::VALBLK
+                flags
             };
-            let lkid = self.nodes[idx]
-                .lock(NAMES[r], mode, flags)
+            let noexp = self.rng.gen_bool(0.1);
+            let flags = if noexp { flags | Flags::NOEXP } else { flags };
+            let lkid = ls_node
+                .lock_for(now, NAMES[r], mode, flags, timeout)
                 .map_err(|e| e.to_string())?;
-            self.beliefs.insert((node, lkid), (r, Belief::Requesting));
-            if std::env::var_os("RDLM_SIM_TRACE").is_some() {
+            if trace() {
                 eprintln!(
-                    "node {node}: lock {lkid} {} {mode} {flags:?}",
+                    "[{now}] node {node}: lock {lkid} {} {mode} {flags:?}",
                     String::from_utf8_lossy(NAMES[r])
                 );
             }
-            self.ops += 1;
-        } else if let Some(&(lkid, r, b)) = mine.get(self.rng.gen_range(0..mine.len().max(1))) {
-            match b {
-                Belief::Held {
-                    mode: held,
-                    pending: false,
-                } => {
-                    if std::env::var_os("RDLM_SIM_TRACE").is_some() {
-                        eprintln!("node {node}: lock {lkid} held {held}, next action (unlock or convert to {mode})");
-                    }
-                    // Writers bump the LVB counter when they let go.
-                    let lvb = held.writes_lvb().then(|| {
-                        let mut v = vec![0u8; LVB];
-                        let next = self.lvb_seen.get(&r).copied().unwrap_or(0) + 1;
-                        v[..8].copy_from_slice(&next.to_be_bytes());
-                        v
-                    });
-                    if self.rng.gen_bool(0.5) {
-                        self.nodes[idx]
-                            .unlock(lkid, Flags::VALBLK, lvb)
-                            .map_err(|e| e.to_string())?;
-                        self.beliefs.insert((node, lkid), (r, Belief::Releasing));
-                    } else {
-                        self.nodes[idx]
-                            .convert(
-                                lkid,
-                                mode,
-                                Flags::VALBLK,
-                                if down(held, mode) { lvb } else { None },
-                            )
-                            .map_err(|e| e.to_string())?;
-                        // A down-conversion stops relying on the stronger
-                        // mode the moment it is sent. Between PR and CW,
-                        // neither mode's guarantee covers the other, so
-                        // while converting a careful client relies only on
-                        // what both give: CR.
-                        let incomparable =
-                            matches!((held, mode), (Mode::PR, Mode::CW) | (Mode::CW, Mode::PR));
-                        let believed = if down(held, mode) {
-                            mode
-                        } else if incomparable {
-                            Mode::CR
-                        } else {
-                            held
-                        };
-                        self.beliefs.insert(
-                            (node, lkid),
-                            (
-                                r,
-                                Belief::Held {
-                                    mode: believed,
-                                    pending: true,
-                                },
-                            ),
-                        );
-                    }
-                    self.ops += 1;
-                }
-                Belief::Requesting | Belief::Held { pending: true, .. }
-                    if self.rng.gen_bool(0.3) =>
-                {
-                    self.nodes[idx].cancel(lkid).map_err(|e| e.to_string())?;
-                    if std::env::var_os("RDLM_SIM_TRACE").is_some() {
-                        eprintln!("node {node}: cancel {lkid}");
-                    }
-                    self.ops += 1;
-                }
-                _ => {}
+            // Before collecting: a locally mastered lock is answered at once.
+            self.beliefs.insert((node, lkid), (r, Belief::Requesting));
+            if noexp {
+                self.noexp.insert((node, lkid));
             }
+            self.collect(node)?;
+            self.ops += 1;
+            return Ok(());
         }
-        self.collect(idx)
+        let Some(&(lkid, r, b)) = mine.get(pick) else {
+            return Ok(());
+        };
+        match b {
+            Belief::Held {
+                mode: held,
+                pending: false,
+            } => {
+                let next = self.lvb_seen.get(&r).copied().unwrap_or(0).max(next_lvb) + 1;
+                // Writers bump the LVB counter when they let go.
+                let lvb = held.writes_lvb().then(|| {
+                    let mut v = vec![0u8; LVB];
+                    v[..8].copy_from_slice(&next.to_be_bytes());
+                    v
+                });
+                if unlock {
+                    if trace() {
+                        eprintln!("[{now}] node {node}: unlock {lkid} (held {held})");
+                    }
+                    self.beliefs.insert((node, lkid), (r, Belief::Releasing));
+                    ls_node
+                        .unlock(now, lkid, Flags::VALBLK, lvb)
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    if held.incomparable(mode) {
+                        return Ok(());
+                    }
+                    if trace() {
+                        eprintln!("[{now}] node {node}: convert {lkid} {held} -> {mode}");
+                    }
+                    // A down-conversion stops relying on the stronger mode
+                    // the moment it is sent.
+                    let believed = if down(held, mode) { mode } else { held };
+                    self.beliefs.insert(
+                        (node, lkid),
+                        (
+                            r,
+                            Belief::Held {
+                                mode: believed,
+                                pending: true,
+                            },
+                        ),
+                    );
+                    ls_node
+                        .convert(
+                            now,
+                            lkid,
+                            mode,
+                            Flags::VALBLK,
+                            if down(held, mode) { lvb } else { None },
+                        )
+                        .map_err(|e| e.to_string())?;
+                }
+                self.ops += 1;
+            }
+            Belief::Requesting | Belief::Held { pending: true, .. } if cancel => {
+                if trace() {
+                    eprintln!("[{now}] node {node}: cancel {lkid}");
+                }
+                // A cancel may find nothing pending any more; that is fine.
+                let _ = ls_node.cancel(now, lkid);
+                self.ops += 1;
+            }
+            _ => {}
+        }
+        self.collect(node)
     }
 
     fn check_safety(&self) -> Result<(), String> {
-        let mut by_res: BTreeMap<usize, Vec<(NodeLock, Mode)>> = BTreeMap::new();
+        let mut by_res: BTreeMap<usize, Vec<((u32, u64), Mode)>> = BTreeMap::new();
         for (k, (r, b)) in &self.beliefs {
             if let Belief::Held { mode, .. } = b {
                 by_res.entry(*r).or_default().push((*k, *mode));
@@ -301,7 +613,8 @@ impl Sim {
                 for (b, bm) in &held[i + 1..] {
                     if !am.compatible(*bm) {
                         return Err(format!(
-                            "resource {}: node {} lock {} believes {am} while node {} lock {} believes {bm}",
+                            "at {}: resource {}: node {} lock {} believes {am} while node {} lock {} believes {bm}",
+                            self.now,
                             String::from_utf8_lossy(NAMES[r]),
                             a.0,
                             a.1,
@@ -315,64 +628,158 @@ impl Sim {
         Ok(())
     }
 
-    fn drain_network(&mut self) -> Result<(), String> {
-        let mut n = 0;
-        while self.deliver_one()? {
-            self.check_safety()?;
-            n += 1;
-            if n > 1_000_000 {
-                return Err("network never went quiet".into());
-            }
+    fn step(&mut self, faults: bool) -> Result<(), String> {
+        let ready = self.deliverable();
+        let x: f64 = self.rng.gen();
+        if faults && x < 0.002 {
+            self.fault();
+        } else if x < 0.25 && !self.live().is_empty() && faults {
+            self.client_step()?;
+        } else if !ready.is_empty() && x < 0.995 {
+            // Nodes are fast and the network has latency: time moves on
+            // mostly when nothing has arrived.
+            let k = ready[self.rng.gen_range(0..ready.len())];
+            self.deliver(k)?;
+        } else {
+            self.advance()?;
         }
-        Ok(())
+        self.check_safety()
+    }
+
+    /// Runs without faults or clients until `done` holds, for at most
+    /// `limit` simulated milliseconds.
+    fn settle(&mut self, limit: u64, done: impl Fn(&Sim) -> bool) -> Result<bool, String> {
+        let until = self.now + limit;
+        while self.now < until {
+            if done(self) {
+                return Ok(true);
+            }
+            self.step(false)?;
+        }
+        Ok(done(self))
+    }
+
+    fn state(&self) -> String {
+        let views: Vec<String> = self
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| {
+                format!(
+                    "node {} inc {}: {:?} recovering={:?} quorate={} lease={:?} stats={:?}",
+                    n.id(),
+                    n.incarnation(),
+                    n.view().map(|v| (v.generation, v.ids())),
+                    n.lockspace().recovery_status(),
+                    n.quorate(self.now),
+                    n.membership().lease_until(),
+                    n.lockspace().stats(),
+                )
+            })
+            .collect();
+        format!("now {}\n{}", self.now, views.join("\n"))
+    }
+
+    fn agreed(&self) -> bool {
+        let mut views = BTreeSet::new();
+        for n in self.nodes.iter() {
+            let Some(n) = n else { return false };
+            let Some(v) = n.view() else { return false };
+            if v.members.len() != self.nodes.len()
+                || n.lockspace().is_recovering()
+                || !n.quorate(self.now)
+            {
+                return false;
+            }
+            views.insert(v.generation);
+        }
+        views.len() == 1
     }
 
     fn run(&mut self, steps: usize) -> Result<(), String> {
-        for _ in 0..steps {
-            if self.rng.gen_bool(0.55) {
-                self.deliver_one()?;
-            } else {
-                self.client_step()?;
-            }
-            self.check_safety()?;
+        // Start: everyone joins.
+        if !self.settle(5_000, Sim::agreed)? {
+            return Err(format!(
+                "the first membership never formed:\n{}",
+                self.state()
+            ));
         }
-        // Everyone lets go: cancel what is pending, release what is held,
-        // until nothing is left.
-        for _round in 0..20 {
-            self.drain_network()?;
+        for _ in 0..steps {
+            self.step(true)?;
+        }
+        // Heal and bring everyone back.
+        self.cut.clear();
+        for id in 1..=self.n() {
+            if self.nodes[(id - 1) as usize].is_none() {
+                let inc = (u64::from(id) << 32) + self.next_incarnation * 1000;
+                self.next_incarnation += 1;
+                let mut node = Node::new(id, inc, self.now as u32, self.cfg.clone(), LVB).unwrap();
+                node.set_recovery_hold(self.hold);
+                self.nodes[(id - 1) as usize] = Some(node);
+                self.net.retain(|(from, to), _| *to != id && *from != id);
+            }
+        }
+        if !self.settle(20_000, Sim::agreed)? {
+            return Err(format!(
+                "no agreement 20 s after healing:\n{}",
+                self.state()
+            ));
+        }
+        // Everyone lets go: cancel what is pending, release what is held.
+        for _round in 0..30 {
+            self.settle(500, |s| {
+                s.deliverable().is_empty() && s.net.values().all(|q| q.is_empty())
+            })?;
             let all: Vec<((u32, u64), Belief)> =
                 self.beliefs.iter().map(|(k, (_, b))| (*k, *b)).collect();
             if all.is_empty() {
                 break;
             }
+            let now = self.now;
             for ((node, lkid), b) in all {
-                let idx = (node - 1) as usize;
+                let Some(n) = self.nodes[(node - 1) as usize].as_mut() else {
+                    continue;
+                };
                 match b {
                     Belief::Held { pending: false, .. } => {
-                        self.nodes[idx]
-                            .unlock(lkid, Flags::NONE, None)
+                        n.unlock(now, lkid, Flags::NONE, None)
                             .map_err(|e| e.to_string())?;
                         if let Some(e) = self.beliefs.get_mut(&(node, lkid)) {
                             e.1 = Belief::Releasing;
                         }
                     }
                     Belief::Requesting | Belief::Held { pending: true, .. } => {
-                        let _ = self.nodes[idx].cancel(lkid);
+                        let _ = n.cancel(now, lkid);
                     }
                     Belief::Releasing => {}
                 }
-                self.collect(idx)?;
+                self.collect(node)?;
             }
         }
-        self.drain_network()?;
+        self.settle(2_000, |s| s.beliefs.is_empty())?;
         if !self.beliefs.is_empty() {
             return Err(format!("operations never completed: {:?}", self.beliefs));
         }
-        for n in &self.nodes {
-            if n.lock_count() != 0 || n.mastered_in_use() != 0 {
+        // A node may have had to start over meanwhile (an exclusion left by
+        // a proposal that never committed): let that recovery finish.
+        if !self.settle(20_000, Sim::agreed)? {
+            return Err(format!("no agreement after letting go:\n{}", self.state()));
+        }
+        // Messages still in flight (latency) land.
+        self.settle(200, |_| false)?;
+        for n in self.nodes.iter().flatten() {
+            let ls = n.lockspace();
+            if ls.lock_count() != 0 || ls.mastered_in_use() != 0 {
+                let left: Vec<String> = ls
+                    .resources()
+                    .filter(|r| !r.is_unused())
+                    .map(|r| format!("{}: {:?}", String::from_utf8_lossy(r.name()), r.holders()))
+                    .collect();
                 return Err(format!(
-                    "node {} still has locks after everyone let go",
-                    n.id()
+                    "node {} still has locks after everyone let go ({} own, {} mastered: {left:?})",
+                    n.id(),
+                    ls.lock_count(),
+                    ls.mastered_in_use()
                 ));
             }
         }
@@ -381,22 +788,32 @@ impl Sim {
 }
 
 #[test]
-fn simulated_nodes_never_hold_conflicting_locks_and_always_finish() {
+fn simulated_cluster_never_holds_conflicting_locks_and_always_finishes() {
     let seeds: Vec<u64> = match std::env::var("RDLM_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("RDLM_SIM_SEED must be a number")],
-        Err(_) => (0..300).collect(),
+        Err(_) => {
+            let n = std::env::var("RDLM_SIM_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            (0..n).collect()
+        }
     };
-    let (mut ops, mut grants) = (0, 0);
+    let (mut ops, mut grants, mut faults, mut views, mut lost, mut releases) = (0, 0, 0, 0, 0, 0);
     for seed in &seeds {
         let mut sim = Sim::new(*seed);
-        if let Err(e) = sim.run(3000) {
-            panic!("seed {seed}: {e}\nreplay: RDLM_SIM_SEED={seed} cargo test -p rdlm --test sim");
+        if let Err(e) = sim.run(20_000) {
+            panic!("seed {seed}: {e}\nreplay: RDLM_SIM_SEED={seed} RDLM_SIM_TRACE=1 cargo test --release -p rdlm --test sim");
         }
         ops += sim.ops;
         grants += sim.grants;
+        faults += sim.faults;
+        views += sim.views;
+        lost += sim.lost;
+        releases += sim.releases;
     }
     eprintln!(
-        "{} seeds, {ops} client operations, {grants} grants",
+        "{} seeds: {ops} client operations, {grants} grants, {faults} faults, {views} views committed, {lost} leases lost, {releases} recovery holds released",
         seeds.len()
     );
 }
@@ -473,4 +890,65 @@ fn stale_generation_and_strangers_are_dropped() {
     assert!(n.lock(b"", Mode::EX, Flags::NONE).is_err());
     assert!(n.lock(&[b'a'; 65], Mode::EX, Flags::NONE).is_err());
     assert!(n.unlock(42, Flags::NONE, None).is_err());
+}
+
+#[test]
+fn a_request_with_a_timeout_fails_with_timed_out_at_its_deadline() {
+    let members = [1, 2];
+    let mut a = Lockspace::new(1, &members, 1, LVB).unwrap();
+    let mut b = Lockspace::new(2, &members, 1, LVB).unwrap();
+    let name = (0..100u32)
+        .map(|i| format!("inode/{i}").into_bytes())
+        .find(|n| a.dir_node(n) == 1)
+        .unwrap();
+    a.lock(&name, Mode::EX, Flags::NONE).unwrap();
+    assert!(matches!(
+        a.drain()[..],
+        [Output::Callback(Callback::Granted { .. })]
+    ));
+    assert!(b.lock_for(&name, Mode::PR, Flags::TIMEOUT, None).is_err());
+    b.tick(100);
+    let lkid = b
+        .lock_for(&name, Mode::PR, Flags::TIMEOUT, Some(50))
+        .unwrap();
+    // Deliver everything between the two, with b's clock at `now`.
+    let pump = |a: &mut Lockspace, b: &mut Lockspace| -> Vec<Callback> {
+        let mut cbs = Vec::new();
+        loop {
+            let mut moved = false;
+            for (from, to) in [(0, 1), (1, 0)] {
+                let out = if from == 0 { a.drain() } else { b.drain() };
+                for o in out {
+                    match o {
+                        Output::Send { msg, .. } => {
+                            moved = true;
+                            if to == 0 {
+                                a.receive(msg)
+                            } else {
+                                b.receive(msg)
+                            }
+                        }
+                        Output::Callback(cb) if from == 1 => cbs.push(cb),
+                        _ => {}
+                    }
+                }
+            }
+            if !moved {
+                return cbs;
+            }
+        }
+    };
+    assert!(pump(&mut a, &mut b).is_empty(), "granted next to EX");
+    b.tick(149);
+    assert!(pump(&mut a, &mut b).is_empty(), "timed out early");
+    b.tick(150);
+    let cbs = pump(&mut a, &mut b);
+    assert_eq!(
+        cbs,
+        [Callback::Failed {
+            lkid,
+            error: rdlm::LockError::TimedOut
+        }]
+    );
+    assert_eq!(b.lock_count(), 0);
 }

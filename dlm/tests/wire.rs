@@ -2,8 +2,9 @@
 //! truncation, wrong versions and oversize fields are errors, never panics.
 
 use proptest::prelude::*;
-use rdlm::wire::{Body, Message, WireError, HEADER_LEN, MAX_BODY, VERSION};
-use rdlm::{LockError, LockId, Mode};
+use rdlm::member::Member;
+use rdlm::wire::{Body, LvbSource, Message, WireError, HEADER_LEN, MAX_BODY, VERSION};
+use rdlm::{LockError, LockId, Mode, View};
 
 fn samples() -> Vec<Body> {
     let name = b"inode/123".to_vec();
@@ -68,10 +69,103 @@ fn samples() -> Vec<Body> {
         },
         Body::Blocking {
             lkid: 7,
-            name,
+            name: name.clone(),
             mode: Mode::EX,
         },
+        Body::Failed {
+            lkid: 7,
+            name: name.clone(),
+            error: LockError::NotMaster,
+        },
+        Body::Heartbeat {
+            incarnation: 1 << 40,
+            hb: 12,
+        },
+        Body::HeartbeatAck {
+            hb: 12,
+            incarnation: 5,
+        },
+        Body::Excluded { incarnation: 5 },
+        Body::Propose {
+            members: vec![(1, 10), (2, 20), (3, 30)],
+        },
+        Body::Accept {
+            incarnation: 20,
+            previous: vec![(1, 10), (2, 20)],
+            committed: Some(view()),
+        },
+        Body::Accept {
+            incarnation: 20,
+            previous: vec![],
+            committed: None,
+        },
+        Body::Commit { view: view() },
+        Body::DirEntry { name: name.clone() },
+        Body::DirDone,
+        Body::RecoverLock {
+            lkid: 9,
+            name,
+            mode: Mode::PR,
+            seq: 5 << 32 | 3,
+            lvb_source: LvbSource::Written,
+            lvb_valid: true,
+            lvb: Some(vec![3; 32]),
+        },
+        Body::LocksDone,
+        Body::RecoveryDone,
     ]
+}
+
+fn view() -> View {
+    View::new(
+        4,
+        vec![
+            Member {
+                id: 2,
+                incarnation: 20,
+                slot: 1,
+            },
+            Member {
+                id: 1,
+                incarnation: 10,
+                slot: 2,
+            },
+        ],
+    )
+    .unwrap()
+}
+
+#[test]
+fn views_with_duplicate_nodes_or_slots_do_not_decode() {
+    let m = |members: Vec<Member>| Message {
+        generation: 4,
+        from: 1,
+        body: Body::Commit {
+            view: View {
+                generation: 4,
+                members,
+            },
+        },
+    };
+    let a = Member {
+        id: 1,
+        incarnation: 1,
+        slot: 1,
+    };
+    let b = Member {
+        id: 2,
+        incarnation: 1,
+        slot: 1,
+    };
+    for bad in [
+        vec![a.clone(), b],
+        vec![a.clone(), a.clone()],
+        vec![Member { slot: 0, ..a }],
+        vec![],
+    ] {
+        let e = Message::decode(&m(bad).encode()).unwrap_err();
+        assert!(matches!(e, WireError::Malformed { .. }), "{e}");
+    }
 }
 
 #[test]

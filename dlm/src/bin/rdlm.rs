@@ -11,6 +11,17 @@
 //!   loopback addresses (node i on port P + i - 1) — for tests and trying
 //!   things out.
 //!
+//! And it runs and uses a node:
+//! - `rdlm node --cluster FILE --id N [--socket PATH]`: the node daemon;
+//!   programs on this machine take cluster locks through its socket
+//!   (default: `node-N.sock` beside the cluster file);
+//! - `rdlm lock NAME [--mode EX] [--timeout SECS | --nonblock] -- COMMAND`:
+//!   holds a cluster-wide lock while COMMAND runs (flock(1) for the
+//!   cluster); exits 1 if the lock was not obtained, else with COMMAND's
+//!   status;
+//! - `rdlm status` (members, quorum, generation) and `rdlm dump`
+//!   (resources mastered on this node: queues, LVBs, grant numbers).
+//!
 //! Keys are written with mode 0600, certificates and cluster files 0644.
 //! Nothing existing is overwritten without `--force`, and all targets are
 //! checked before anything is written, so a refused command leaves no
@@ -21,6 +32,7 @@
 //! runtime there.
 
 use clap::{Args, Parser, Subcommand};
+use rdlm::client::{Client, ClientError, Reply, Request};
 use rdlm::config::{self, ClusterConfig, ConfigError, NodeConfig};
 use rdlm::resource::NodeId;
 use rdlm::tls::{self, TlsError};
@@ -45,6 +57,63 @@ enum Command {
     /// Create a CA, all node certificates and keys, and cluster.toml with
     /// loopback addresses.
     Gencluster(GenclusterArgs),
+    /// Run node N of a cluster (until SIGINT or SIGTERM).
+    Node(NodeArgs),
+    /// Hold a cluster-wide lock while a command runs.
+    Lock(LockArgs),
+    /// Show membership, quorum and generation as this node sees them.
+    Status(QueryArgs),
+    /// Show the resources this node masters: queues, LVBs, grant numbers.
+    Dump(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// The cluster file.
+    #[arg(long)]
+    cluster: PathBuf,
+    /// This node's id in it.
+    #[arg(long)]
+    id: NodeId,
+    /// Local client socket (default: node-N.sock beside the cluster file).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct SocketArgs {
+    /// The node daemon's socket.
+    #[arg(long, env = "RDLM_SOCKET")]
+    socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct LockArgs {
+    /// Resource name (1 to 64 bytes).
+    name: String,
+    /// NL, CR, CW, PR, PW or EX.
+    #[arg(long, default_value = "EX")]
+    mode: String,
+    /// Give up after this many seconds (exit 1).
+    #[arg(long, conflicts_with = "nonblock")]
+    timeout: Option<f64>,
+    /// Fail at once (exit 1) if the lock is not free.
+    #[arg(long)]
+    nonblock: bool,
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// The command to run while holding the lock.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +190,16 @@ enum CliError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Daemon(String),
+    /// The lock was not obtained (exit 1, like flock(1)).
+    #[error("{0}")]
+    NotObtained(String),
+    /// COMMAND ran; exit with its status.
+    #[error("command exited with {0}")]
+    Exit(u8),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
@@ -134,9 +213,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Exit(code)) => ExitCode::from(code),
+        Err(CliError::NotObtained(why)) => {
+            eprintln!("rdlm: {why}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("rdlm: error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }
@@ -146,7 +230,196 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Ca(a) => ca(a),
         Command::Keygen(a) => keygen(a),
         Command::Gencluster(a) => gencluster(a),
+        Command::Node(a) => node(a),
+        Command::Lock(a) => lock(a),
+        Command::Status(a) => status(a),
+        Command::Dump(a) => dump(a),
     }
+}
+
+fn node(a: NodeArgs) -> Result<(), CliError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cluster = ClusterConfig::load(&a.cluster)?;
+    if cluster.node(a.id).is_none() {
+        return Err(CliError::Usage(format!(
+            "{}: no node {} (nodes: {:?})",
+            a.cluster.display(),
+            a.id,
+            cluster.node_ids().collect::<Vec<_>>()
+        )));
+    }
+    let socket = a
+        .socket
+        .unwrap_or_else(|| cluster.base_dir.join(format!("node-{}.sock", a.id)));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io_err(&a.cluster))?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        rdlm::daemon::run(cluster, a.id, socket, shutdown)
+            .await
+            .map_err(|e| CliError::Daemon(e.to_string()))
+    })
+}
+
+fn lock(a: LockArgs) -> Result<(), CliError> {
+    let mut c = Client::connect(&a.socket.socket)?;
+    let timeout_ms = a.timeout.map(|t| (t.max(0.0) * 1000.0) as u64);
+    if let Some(t) = timeout_ms {
+        // The daemon enforces the timeout; this only guards a hung daemon.
+        c.set_timeout(Some(std::time::Duration::from_millis(t + 10_000)))?;
+    }
+    let lkid = match c.call(&Request::Lock {
+        name: a.name.clone(),
+        mode: a.mode.clone(),
+        noqueue: a.nonblock,
+        timeout_ms,
+    })? {
+        Reply::Accepted { lkid } => lkid,
+        Reply::Error { error } => return Err(CliError::Usage(error)),
+        other => return Err(CliError::Daemon(format!("unexpected reply {other:?}"))),
+    };
+    loop {
+        match c.next()? {
+            Reply::Granted { lkid: l, .. } if l == lkid => break,
+            Reply::Failed { lkid: l, error } if l == lkid => {
+                return Err(CliError::NotObtained(format!(
+                    "lock {:?} ({}) not obtained: {error}",
+                    a.name, a.mode
+                )))
+            }
+            Reply::Lost { reason } => {
+                return Err(CliError::NotObtained(format!(
+                    "lock {:?} not obtained: the node lost its membership ({reason})",
+                    a.name
+                )))
+            }
+            _ => {}
+        }
+    }
+    c.set_timeout(None)?;
+    let status = std::process::Command::new(&a.command[0])
+        .args(&a.command[1..])
+        .status();
+    // Release before reporting, whatever the command did.
+    c.set_timeout(Some(std::time::Duration::from_secs(30)))?;
+    c.send(&Request::Unlock { lkid })?;
+    loop {
+        match c.next()? {
+            Reply::Unlocked { lkid: l } if l == lkid => break,
+            Reply::Error { error } => return Err(CliError::Daemon(error)),
+            Reply::Lost { .. } => break,
+            _ => {}
+        }
+    }
+    let status = status.map_err(|source| CliError::Io {
+        path: PathBuf::from(&a.command[0]),
+        source,
+    })?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(code) => Err(CliError::Exit(code.clamp(1, 255) as u8)),
+        None => Err(CliError::Exit(128)),
+    }
+}
+
+fn query(a: &QueryArgs, req: Request) -> Result<Reply, CliError> {
+    let mut c = Client::connect(&a.socket.socket)?;
+    c.set_timeout(Some(std::time::Duration::from_secs(10)))?;
+    match c.call(&req)? {
+        Reply::Error { error } => Err(CliError::Daemon(error)),
+        r => Ok(r),
+    }
+}
+
+fn status(a: QueryArgs) -> Result<(), CliError> {
+    let Reply::Status(s) = query(&a, Request::Status)? else {
+        return Err(CliError::Daemon("unexpected reply to status".into()));
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        return Ok(());
+    }
+    println!(
+        "cluster {}, node {} (incarnation {:#x})",
+        s.cluster, s.node, s.incarnation
+    );
+    match s.generation {
+        Some(g) => println!(
+            "generation {g}, {} (quorum {} of {} configured){}",
+            if s.quorate { "quorate" } else { "NOT quorate" },
+            s.quorum,
+            s.configured.len(),
+            if s.recovering { ", recovering" } else { "" }
+        ),
+        None => println!(
+            "not a member yet (quorum {} of {} configured)",
+            s.quorum,
+            s.configured.len()
+        ),
+    }
+    let members: Vec<String> = s
+        .members
+        .iter()
+        .map(|m| format!("{} (slot {})", m.id, m.slot))
+        .collect();
+    println!("members: {}", members.join(", "));
+    println!(
+        "locks held here: {}, resources mastered here: {}",
+        s.locks, s.mastered
+    );
+    Ok(())
+}
+
+fn dump(a: QueryArgs) -> Result<(), CliError> {
+    let Reply::Dump { resources } = query(&a, Request::Dump)? else {
+        return Err(CliError::Daemon("unexpected reply to dump".into()));
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&resources).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    for r in resources {
+        println!(
+            "{:?} seq {:#x} lvb {} {}",
+            r.name,
+            r.grant_seq,
+            if r.lvb_valid { "valid" } else { "NOT valid" },
+            r.lvb_hex
+        );
+        for (what, v) in [
+            ("granted", &r.granted),
+            ("converting", &r.converting),
+            ("waiting", &r.waiting),
+        ] {
+            for l in v {
+                println!("  {what:10} {l}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One file to write.

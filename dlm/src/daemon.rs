@@ -1,0 +1,505 @@
+//! The node daemon (`rdlm node`): the thin async driver around the
+//! sans-I/O [`Node`]. It owns what the core may not: the clock, the QUIC
+//! transport, the timer, and the Unix socket through which local programs
+//! take locks ([`crate::client`]).
+//!
+//! One task owns the `Node`; everything else (peer traffic, client
+//! connections, the timer) reaches it through channels, so the core's
+//! single-threaded determinism is kept. Locks belong to client
+//! connections: a connection that closes has its locks released (pending
+//! ones cancelled, and released if the grant wins the race).
+
+use crate::client::{MemberInfo, Reply, Request, ResourceInfo, StatusInfo, MAX_LINE};
+use crate::config::ClusterConfig;
+use crate::lockspace::{Callback, Output};
+use crate::member::{MemberConfig, MemberEvent, Timing};
+use crate::mode::Mode;
+use crate::node::Node;
+use crate::resource::{Flags, NodeId};
+use crate::transport::{new_incarnation, Incoming, Transport};
+use crate::wire::Message;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("node {node}: {detail}")]
+    Setup { node: NodeId, detail: String },
+    #[error("node {node}: socket {path}: {source}")]
+    Socket {
+        node: NodeId,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type ClientId = u64;
+
+enum ClientEvent {
+    Connected(ClientId, mpsc::UnboundedSender<String>),
+    Line(ClientId, String),
+    Gone(ClientId),
+}
+
+struct Daemon {
+    cluster: ClusterConfig,
+    node: Node,
+    transport: Transport,
+    start: Instant,
+    clients: BTreeMap<ClientId, mpsc::UnboundedSender<String>>,
+    owner: BTreeMap<u64, ClientId>,
+    /// Locks whose client went away: released as soon as they can be.
+    orphans: BTreeSet<u64>,
+}
+
+/// Runs node `me` until `shutdown` resolves.
+pub async fn run(
+    cluster: ClusterConfig,
+    me: NodeId,
+    socket: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let setup = |detail: String| DaemonError::Setup { node: me, detail };
+    let timing = Timing {
+        heartbeat: cluster.heartbeat_ms,
+        failure_timeout: cluster.failure_timeout_ms,
+        lease: cluster.lease_ms,
+    };
+    let member_cfg = MemberConfig {
+        nodes: cluster.nodes.iter().map(|n| n.id).collect(),
+        timing,
+        two_node: cluster.two_node,
+    };
+    let incarnation = new_incarnation();
+    // Wall-clock seconds: generations of a cluster restarted from nothing
+    // stay above those of its previous life.
+    let floor = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs().min(u64::from(u32::MAX / 2)) as u32)
+        .unwrap_or(0);
+    let node = Node::new(me, incarnation, floor, member_cfg, cluster.lvb_len).map_err(setup)?;
+    let (transport, mut incoming) = Transport::start(&cluster, me, incarnation)
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    if UnixStream::connect(&socket).await.is_ok() {
+        return Err(setup(format!(
+            "{} is in use by a running daemon",
+            socket.display()
+        )));
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Socket {
+        node: me,
+        path: socket.display().to_string(),
+        source,
+    })?;
+    info!(
+        node = me,
+        incarnation,
+        socket = %socket.display(),
+        cluster = %cluster.name,
+        "node started"
+    );
+    let tick_every = Duration::from_millis((cluster.heartbeat_ms / 4).max(1));
+    let mut d = Daemon {
+        cluster,
+        node,
+        transport,
+        start: Instant::now(),
+        clients: BTreeMap::new(),
+        owner: BTreeMap::new(),
+        orphans: BTreeSet::new(),
+    };
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<ClientEvent>();
+    let mut next_client: ClientId = 1;
+    // A one-node cluster has no peers, and its transport may close its
+    // channel at once; with peers a closed channel is fatal.
+    let alone = d.cluster.nodes.len() == 1;
+    let mut transport_open = true;
+    let mut timer = tokio::time::interval(tick_every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = timer.tick() => {
+                let now = d.now();
+                d.node.tick(now);
+            }
+            inc = incoming.recv(), if transport_open => match inc {
+                Some(Incoming::Message { from, payload }) => match Message::decode(&payload) {
+                    Ok(msg) if msg.from == from => {
+                        let now = d.now();
+                        d.node.receive(now, msg);
+                    }
+                    Ok(msg) => warn!(peer = from, claimed = msg.from, "message naming another sender dropped"),
+                    Err(e) => warn!(peer = from, error = %e, "undecodable message dropped"),
+                },
+                Some(Incoming::PeerRestarted { from, incarnation }) => {
+                    info!(peer = from, incarnation, "peer restarted");
+                }
+                Some(Incoming::Connected { peer }) => debug!(peer, "connected"),
+                Some(Incoming::Disconnected { peer }) => debug!(peer, "disconnected"),
+                None if alone => transport_open = false,
+                None => {
+                    warn!(node = me, "transport stopped");
+                    break;
+                }
+            },
+            acc = listener.accept() => match acc {
+                Ok((stream, _)) => {
+                    let id = next_client;
+                    next_client += 1;
+                    spawn_client(id, stream, ev_tx.clone());
+                }
+                Err(e) => warn!(error = %e, "accepting a client failed"),
+            },
+            Some(ev) = ev_rx.recv() => d.client_event(ev),
+        }
+        d.flush();
+    }
+    info!(node = me, "node stopping");
+    let _ = std::fs::remove_file(&socket);
+    d.transport.shutdown().await;
+    Ok(())
+}
+
+fn spawn_client(id: ClientId, stream: UnixStream, events: mpsc::UnboundedSender<ClientEvent>) {
+    let (read, mut write) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let _ = events.send(ClientEvent::Connected(id, tx));
+    tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            if write.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(read);
+        loop {
+            let mut line = String::new();
+            match (&mut reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_line(&mut line)
+                .await
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if events.send(ClientEvent::Line(id, line)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = events.send(ClientEvent::Gone(id));
+    });
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "NL" => Ok(Mode::NL),
+        "CR" => Ok(Mode::CR),
+        "CW" => Ok(Mode::CW),
+        "PR" => Ok(Mode::PR),
+        "PW" => Ok(Mode::PW),
+        "EX" => Ok(Mode::EX),
+        _ => Err(format!("unknown mode {s:?} (NL, CR, CW, PR, PW or EX)")),
+    }
+}
+
+fn flags(noqueue: bool, timeout: Option<u64>) -> Flags {
+    let mut f = Flags::NONE;
+    if noqueue {
+        f = f | Flags::NOQUEUE;
+    }
+    if timeout.is_some() {
+        f = f | Flags::TIMEOUT;
+    }
+    f
+}
+
+impl Daemon {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn reply(&self, client: ClientId, r: &Reply) {
+        if let (Some(tx), Ok(mut line)) = (self.clients.get(&client), serde_json::to_string(r)) {
+            line.push('\n');
+            let _ = tx.send(line);
+        }
+    }
+
+    fn client_event(&mut self, ev: ClientEvent) {
+        match ev {
+            ClientEvent::Connected(id, tx) => {
+                self.clients.insert(id, tx);
+            }
+            ClientEvent::Gone(id) => {
+                self.clients.remove(&id);
+                let mine: Vec<u64> = self
+                    .owner
+                    .iter()
+                    .filter(|(_, c)| **c == id)
+                    .map(|(l, _)| *l)
+                    .collect();
+                for lkid in mine {
+                    self.orphans.insert(lkid);
+                    self.release_orphan(lkid);
+                }
+            }
+            ClientEvent::Line(id, line) => {
+                let reply = match serde_json::from_str::<Request>(line.trim_end()) {
+                    Ok(req) => self.request(id, req),
+                    Err(e) => Reply::Error {
+                        error: if line.len() > MAX_LINE {
+                            format!("request longer than {MAX_LINE} bytes")
+                        } else {
+                            format!("bad request: {e}")
+                        },
+                    },
+                };
+                self.reply(id, &reply);
+            }
+        }
+    }
+
+    fn owned(&self, client: ClientId, lkid: u64) -> Result<(), String> {
+        match self.owner.get(&lkid) {
+            Some(c) if *c == client => Ok(()),
+            _ => Err(format!("lock {lkid} is not held by this connection")),
+        }
+    }
+
+    fn request(&mut self, client: ClientId, req: Request) -> Reply {
+        let now = self.now();
+        let result: Result<Reply, String> = (|| match req {
+            Request::Lock {
+                name,
+                mode,
+                noqueue,
+                timeout_ms,
+            } => {
+                let mode = parse_mode(&mode)?;
+                let lkid = self
+                    .node
+                    .lock_for(
+                        now,
+                        name.as_bytes(),
+                        mode,
+                        flags(noqueue, timeout_ms),
+                        timeout_ms,
+                    )
+                    .map_err(|e| e.to_string())?;
+                self.owner.insert(lkid, client);
+                Ok(Reply::Accepted { lkid })
+            }
+            Request::Convert {
+                lkid,
+                mode,
+                noqueue,
+                timeout_ms,
+            } => {
+                self.owned(client, lkid)?;
+                let mode = parse_mode(&mode)?;
+                self.node
+                    .convert_for(
+                        now,
+                        lkid,
+                        mode,
+                        flags(noqueue, timeout_ms),
+                        None,
+                        timeout_ms,
+                    )
+                    .map_err(|e| e.to_string())?;
+                Ok(Reply::Accepted { lkid })
+            }
+            Request::Unlock { lkid } => {
+                self.owned(client, lkid)?;
+                self.node
+                    .unlock(now, lkid, Flags::NONE, None)
+                    .map_err(|e| e.to_string())?;
+                Ok(Reply::Accepted { lkid })
+            }
+            Request::Cancel { lkid } => {
+                self.owned(client, lkid)?;
+                self.node.cancel(now, lkid).map_err(|e| e.to_string())?;
+                Ok(Reply::Accepted { lkid })
+            }
+            Request::Status => Ok(Reply::Status(self.status(now))),
+            Request::Dump => Ok(Reply::Dump {
+                resources: self.dump(),
+            }),
+        })();
+        result.unwrap_or_else(|error| Reply::Error { error })
+    }
+
+    fn status(&self, now: u64) -> StatusInfo {
+        let view = self.node.view();
+        let ls = self.node.lockspace();
+        StatusInfo {
+            cluster: self.cluster.name.clone(),
+            node: self.node.id(),
+            incarnation: self.node.incarnation(),
+            generation: view.map(|v| v.generation),
+            members: view
+                .map(|v| {
+                    v.members
+                        .iter()
+                        .map(|m| MemberInfo {
+                            id: m.id,
+                            slot: m.slot,
+                            incarnation: m.incarnation,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            configured: self.cluster.nodes.iter().map(|n| n.id).collect(),
+            quorum: self.node.membership().config().quorum(),
+            quorate: self.node.quorate(now),
+            recovering: ls.is_recovering(),
+            locks: ls.lock_count(),
+            mastered: ls.mastered_in_use(),
+        }
+    }
+
+    fn dump(&self) -> Vec<ResourceInfo> {
+        self.node
+            .lockspace()
+            .resources()
+            .map(|r| {
+                let (lvb, valid, _) = r.lvb();
+                let mut info = ResourceInfo {
+                    name: String::from_utf8_lossy(r.name()).into_owned(),
+                    lvb_valid: valid,
+                    lvb_hex: lvb.iter().map(|b| format!("{b:02x}")).collect(),
+                    grant_seq: r.grant_seq(),
+                    granted: Vec::new(),
+                    converting: Vec::new(),
+                    waiting: Vec::new(),
+                };
+                for (id, gr, rq) in r.holders() {
+                    match (gr, rq) {
+                        (Some(g), None) => info.granted.push(format!("{id} {g}")),
+                        (Some(g), Some(q)) => info.converting.push(format!("{id} {g} -> {q}")),
+                        (None, q) => info.waiting.push(format!(
+                            "{id} -> {}",
+                            q.map_or("?".into(), |q| q.to_string())
+                        )),
+                    }
+                }
+                info
+            })
+            .collect()
+    }
+
+    fn release_orphan(&mut self, lkid: u64) {
+        let now = self.now();
+        if self.node.unlock(now, lkid, Flags::NONE, None).is_err() {
+            // Pending: cancel it; if the grant wins, the grant releases it.
+            let _ = self.node.cancel(now, lkid);
+        }
+    }
+
+    /// Everything the core produced: messages out, callbacks to clients.
+    fn flush(&mut self) {
+        loop {
+            let outs = self.node.drain();
+            if outs.is_empty() {
+                return;
+            }
+            for o in outs {
+                match o {
+                    Output::Send { to, msg } => {
+                        if let Err(e) = self.transport.send(to, msg.encode()) {
+                            warn!(peer = to, error = %e, "send failed");
+                        }
+                    }
+                    Output::Callback(cb) => self.callback(cb),
+                    Output::Membership(e) => self.membership(e),
+                }
+            }
+        }
+    }
+
+    fn callback(&mut self, cb: Callback) {
+        let (lkid, reply, gone) = match cb {
+            Callback::Granted {
+                lkid, mode, seq, ..
+            } => (
+                lkid,
+                Reply::Granted {
+                    lkid,
+                    mode: mode.to_string(),
+                    seq,
+                },
+                false,
+            ),
+            Callback::Failed { lkid, error } => (
+                lkid,
+                Reply::Failed {
+                    lkid,
+                    error: error.to_string(),
+                },
+                !self.node.lockspace().has_lock(lkid),
+            ),
+            Callback::Unlocked { lkid } => (lkid, Reply::Unlocked { lkid }, true),
+            Callback::Blocking { lkid, mode } => (
+                lkid,
+                Reply::Blocking {
+                    lkid,
+                    mode: mode.to_string(),
+                },
+                false,
+            ),
+            Callback::Recovered { generation } => {
+                info!(generation, "lockspace recovered; grants resume");
+                return;
+            }
+        };
+        if gone {
+            self.orphans.remove(&lkid);
+            if let Some(c) = self.owner.remove(&lkid) {
+                self.reply(c, &reply);
+            }
+        } else if self.orphans.contains(&lkid) {
+            if !matches!(reply, Reply::Blocking { .. }) {
+                self.release_orphan(lkid);
+            }
+        } else if let Some(&c) = self.owner.get(&lkid) {
+            self.reply(c, &reply);
+        }
+    }
+
+    fn membership(&mut self, e: MemberEvent) {
+        match e {
+            MemberEvent::Committed { view, departed } => {
+                info!(
+                    generation = view.generation,
+                    members = ?view.ids(),
+                    departed = ?departed.iter().map(|m| (m.id, m.slot)).collect::<Vec<_>>(),
+                    "membership committed"
+                );
+            }
+            MemberEvent::Lost {
+                incarnation,
+                reason,
+            } => {
+                warn!(incarnation, %reason, "lease lost: every lock of this node is gone");
+                let reply = Reply::Lost { reason };
+                for c in self.clients.keys() {
+                    self.reply(*c, &reply);
+                }
+                self.owner.clear();
+                self.orphans.clear();
+            }
+        }
+    }
+}
