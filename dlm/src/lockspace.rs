@@ -111,6 +111,9 @@ pub(crate) struct LocalLock {
     pub(crate) lvb: Option<Vec<u8>>,
     pub(crate) lvb_valid: bool,
     pub(crate) seq: u64,
+    /// The master that granted it (recovery needs it even when the cache
+    /// of masters was emptied).
+    pub(crate) master: Option<NodeId>,
     /// With TIMEOUT: when the pending request or conversion is cancelled.
     pub(crate) deadline: Option<u64>,
     pub(crate) timed_out: bool,
@@ -442,6 +445,7 @@ impl Lockspace {
                 lvb: None,
                 lvb_valid: false,
                 seq: 0,
+                master: None,
                 deadline,
                 timed_out: false,
             },
@@ -726,12 +730,13 @@ impl Lockspace {
                 body,
             });
         } else {
-            self.completion(body);
+            let me = self.id;
+            self.completion(me, body);
         }
     }
 
     /// A completion or blocking callback for one of our locks.
-    fn completion(&mut self, body: Body) {
+    fn completion(&mut self, from: NodeId, body: Body) {
         let cb = match body {
             Body::Granted {
                 lkid,
@@ -746,6 +751,7 @@ impl Lockspace {
                     return;
                 };
                 l.granted = Some(mode);
+                l.master = Some(from);
                 l.op = None;
                 l.sent_to = None;
                 l.cancel_to = None;
@@ -1005,7 +1011,7 @@ impl Lockspace {
             ),
             Body::Cancel { lkid, name } => self.master_apply(from, name, lkid, Op::Cancel),
             Body::ReleaseHold { node, incarnation } => self.release_hold(node, incarnation),
-            body => self.completion(body),
+            body => self.completion(from, body),
         }
     }
 }

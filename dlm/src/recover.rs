@@ -13,7 +13,8 @@
 //!    departed node held PW/EX, since it may have changed what the LVB
 //!    describes); every grant number from now on is above `generation <<
 //!    32`, so fencing tokens only grow across recovery. Operations that were
-//!    sent to a departed master are queued to be sent again. The directory
+//!    sent to a departed master are queued to be sent again, and the cache
+//!    of known masters is emptied (except resources mastered here). The directory
 //!    is rebuilt from scratch: every master sends a `DirEntry` for each
 //!    resource it masters to that name's new directory node, then `DirDone`.
 //! 2. Remaster (once `DirDone` came from everyone): for each resource this
@@ -148,22 +149,26 @@ impl Lockspace {
                 self.deliver_event(name, e);
             }
         }
-        // Masters that left: their resources need new ones.
+        // Granted locks whose master left: their resources need new ones.
         let lost: Vec<Vec<u8>> = self
-            .masters
-            .iter()
-            .filter(|(_, m)| gone(**m) || !self.members.contains(m))
-            .map(|(n, _)| n.clone())
+            .locks
+            .values()
+            .filter(|l| {
+                l.granted.is_some()
+                    && l.master.is_some_and(|m| gone(m) || !self.members.contains(&m))
+            })
+            .map(|l| l.name.clone())
             .collect();
-        for name in lost {
-            self.masters.remove(&name);
-            if self.locks.values().any(|l| l.name == name) {
-                self.unrecovered.insert(name);
-            }
-        }
-        for name in &self.unrecovered {
-            self.masters.remove(name);
-        }
+        self.unrecovered.extend(lost);
+        // Every other cached master is forgotten too: an assignment the
+        // master never took up (its lookup answer was lost to the view
+        // change) must not survive into the new view, where the rebuilt
+        // directory may hand the name to someone else. Owners look up
+        // again; the directory now knows only real masters.
+        let mastered = &self.mastered;
+        let me = self.id;
+        self.masters
+            .retain(|name, m| *m == me && mastered.contains_key(name));
         // Operations sent to a departed master go again, before anything
         // queued later for the same lock.
         let mut again: VecDeque<(u64, Op)> = VecDeque::new();
@@ -322,6 +327,9 @@ impl Lockspace {
             return;
         }
         self.masters.insert(name.clone(), master);
+        for l in self.locks.values_mut().filter(|l| l.name == name && l.granted.is_some()) {
+            l.master = Some(master);
+        }
         let reports: Vec<Report> = self
             .locks
             .iter()
