@@ -185,7 +185,7 @@ impl Client {
     }
 
     /// The next event or reply from the daemon.
-    pub fn next(&mut self) -> Result<Reply, ClientError> {
+    pub fn next_reply(&mut self) -> Result<Reply, ClientError> {
         let mut line = String::new();
         let n = (&mut self.reader)
             .take(MAX_LINE as u64 + 1)
@@ -208,6 +208,6 @@ impl Client {
     /// Sends `req` and returns the immediate answer.
     pub fn call(&mut self, req: &Request) -> Result<Reply, ClientError> {
         self.send(req)?;
-        self.next()
+        self.next_reply()
     }
 }

@@ -183,13 +183,15 @@ struct Heard {
     incarnation: u64,
 }
 
+/// What an acceptor accepted before, and what it last committed.
+type Acceptance = (Vec<(NodeId, u64)>, Option<View>);
+
 #[derive(Debug, Clone)]
 struct Proposal {
     generation: u32,
     members: Vec<(NodeId, u64)>,
     started: u64,
-    /// Acceptor -> (what it accepted before, what it last committed).
-    accepts: BTreeMap<NodeId, (Vec<(NodeId, u64)>, Option<View>)>,
+    accepts: BTreeMap<NodeId, Acceptance>,
     commit_at: Option<u64>,
 }
 
@@ -640,21 +642,15 @@ impl Membership {
                     }
                 }
             }
-            Body::Excluded { incarnation } => {
-                if incarnation == self.incarnation {
-                    self.lose(
-                        format!("node {from} excluded incarnation {incarnation}"),
-                        now,
-                    );
-                }
+            Body::Excluded { incarnation } if incarnation == self.incarnation => {
+                self.lose(
+                    format!("node {from} excluded incarnation {incarnation}"),
+                    now,
+                );
             }
             Body::Propose { members } => self.on_propose(now, from, msg.generation, members),
             Body::Accept { .. } => self.on_accept(now, msg),
-            Body::Commit { view } => {
-                if view.generation == msg.generation {
-                    self.on_commit(view);
-                }
-            }
+            Body::Commit { view } if view.generation == msg.generation => self.on_commit(view),
             _ => {}
         }
     }

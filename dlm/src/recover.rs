@@ -155,7 +155,8 @@ impl Lockspace {
             .values()
             .filter(|l| {
                 l.granted.is_some()
-                    && l.master.is_some_and(|m| gone(m) || !self.members.contains(&m))
+                    && l.master
+                        .is_some_and(|m| gone(m) || !self.members.contains(&m))
             })
             .map(|l| l.name.clone())
             .collect();
@@ -202,7 +203,7 @@ impl Lockspace {
                 self.send(dir, Body::DirEntry { name });
             }
         }
-        self.to_all(Body::DirDone);
+        self.send_to_all(Body::DirDone);
         self.mark_dir_done(self.id);
 
         // Messages that waited for this generation.
@@ -212,7 +213,7 @@ impl Lockspace {
         }
     }
 
-    fn to_all(&mut self, body: Body) {
+    fn send_to_all(&mut self, body: Body) {
         for to in self.members.clone() {
             if to != self.id {
                 self.send(to, body.clone());
@@ -327,7 +328,11 @@ impl Lockspace {
             return;
         }
         self.masters.insert(name.clone(), master);
-        for l in self.locks.values_mut().filter(|l| l.name == name && l.granted.is_some()) {
+        for l in self
+            .locks
+            .values_mut()
+            .filter(|l| l.name == name && l.granted.is_some())
+        {
             l.master = Some(master);
         }
         let reports: Vec<Report> = self
@@ -398,7 +403,7 @@ impl Lockspace {
         }
         r.locks_done_sent = true;
         r.locks_done.insert(self.id);
-        self.to_all(Body::LocksDone);
+        self.send_to_all(Body::LocksDone);
         self.try_rebuild();
     }
 
@@ -459,7 +464,7 @@ impl Lockspace {
             r.pending.extend(pending.iter().copied());
             r.released.extend(released.iter().copied());
         }
-        self.to_all(Body::RecoveryDone { pending, released });
+        self.send_to_all(Body::RecoveryDone { pending, released });
         self.try_finish();
     }
 

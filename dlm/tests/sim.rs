@@ -37,6 +37,9 @@ const TIMING: Timing = Timing {
     lease: 100,
 };
 
+/// (node, lock id on that node)
+type NodeLock = (u32, u64);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Belief {
     /// Request sent, nothing held yet.
@@ -602,7 +605,7 @@ impl Sim {
     }
 
     fn check_safety(&self) -> Result<(), String> {
-        let mut by_res: BTreeMap<usize, Vec<((u32, u64), Mode)>> = BTreeMap::new();
+        let mut by_res: BTreeMap<usize, Vec<(NodeLock, Mode)>> = BTreeMap::new();
         for (k, (r, b)) in &self.beliefs {
             if let Belief::Held { mode, .. } = b {
                 by_res.entry(*r).or_default().push((*k, *mode));

@@ -112,7 +112,14 @@ fn samples() -> Vec<Body> {
             lvb: Some(vec![3; 32]),
         },
         Body::LocksDone,
-        Body::RecoveryDone,
+        Body::RecoveryDone {
+            pending: vec![(3, 7)],
+            released: vec![(2, 5), (4, 1)],
+        },
+        Body::ReleaseHold {
+            node: 3,
+            incarnation: 7,
+        },
     ]
 }
 

@@ -299,7 +299,7 @@ fn lock(a: LockArgs) -> Result<(), CliError> {
         other => return Err(CliError::Daemon(format!("unexpected reply {other:?}"))),
     };
     loop {
-        match c.next()? {
+        match c.next_reply()? {
             Reply::Granted { lkid: l, .. } if l == lkid => break,
             Reply::Failed { lkid: l, error } if l == lkid => {
                 return Err(CliError::NotObtained(format!(
@@ -324,7 +324,7 @@ fn lock(a: LockArgs) -> Result<(), CliError> {
     c.set_timeout(Some(std::time::Duration::from_secs(30)))?;
     c.send(&Request::Unlock { lkid })?;
     loop {
-        match c.next()? {
+        match c.next_reply()? {
             Reply::Unlocked { lkid: l } if l == lkid => break,
             Reply::Error { error } => return Err(CliError::Daemon(error)),
             Reply::Lost { .. } => break,
