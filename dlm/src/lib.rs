@@ -27,12 +27,16 @@
 //! - [`daemon`]: `rdlm node`, the async driver of a [`Node`] with a local
 //!   client socket; [`client`]: that socket's protocol and a blocking
 //!   client;
+//! - [`api`]: the in-process node for a program that is a cluster member
+//!   (the file system): an async handle, a blocking wrapper for worker
+//!   threads, and events modelled on lock_dlm's recover_prep / recover_slot
+//!   / recover_done;
 //! - `src/bin/rdlm.rs`: the `rdlm` command.
 //!
-//! Not built yet: deadlock detection across nodes, clean leave, an async
-//! in-process API for the file system. The crate knows nothing of disks or
-//! file systems.
+//! Not built yet: deadlock detection across nodes, clean leave. The crate
+//! knows nothing of disks or file systems.
 
+pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -1,0 +1,353 @@
+//! The in-process API: three nodes started with `Dlm::start` in this test
+//! process, talking QUIC with mutual TLS on 127.0.0.1 (certificates from
+//! `rdlm gencluster`), with fast timings. Every wait is bounded.
+
+use rdlm::api::{BlockingDlm, Dlm, DlmError, DlmEvent, DlmOptions, Events};
+use rdlm::config::ClusterConfig;
+use rdlm::{Flags, Mode};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::timeout;
+
+const RDLM: &str = env!("CARGO_BIN_EXE_rdlm");
+const LONG: Duration = Duration::from_secs(20);
+
+/// `n` consecutive UDP ports free right now.
+fn free_ports(n: u16) -> u16 {
+    'next: for _ in 0..500 {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let base = a.local_addr().expect("addr").port();
+        if base > u16::MAX - n {
+            continue;
+        }
+        let mut held = vec![a];
+        for i in 1..n {
+            match std::net::UdpSocket::bind(("127.0.0.1", base + i)) {
+                Ok(s) => held.push(s),
+                Err(_) => continue 'next,
+            }
+        }
+        return base;
+    }
+    panic!("no {n} consecutive free UDP ports");
+}
+
+/// A three-node cluster file with test timings, in `dir`.
+fn cluster(dir: &tempfile::TempDir) -> ClusterConfig {
+    let base = free_ports(3);
+    let out = Command::new(RDLM)
+        .args(["gencluster", "--nodes", "3", "--base-port"])
+        .arg(base.to_string())
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--cluster", "t"])
+        .output()
+        .expect("run rdlm gencluster");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let toml = dir.path().join("cluster.toml");
+    let text = std::fs::read_to_string(&toml)
+        .expect("read cluster.toml")
+        .replace("heartbeat_ms = 200", "heartbeat_ms = 50")
+        .replace("failure_timeout_ms = 1500", "failure_timeout_ms = 400")
+        .replace("lease_ms = 3000", "lease_ms = 800");
+    std::fs::write(&toml, text).expect("write cluster.toml");
+    ClusterConfig::load(&toml).expect("load cluster.toml")
+}
+
+async fn start3(cfg: &ClusterConfig, hold: bool) -> Vec<(Dlm, Events)> {
+    let mut v = Vec::new();
+    for id in 1..=3 {
+        let opts = DlmOptions {
+            recovery_hold: hold,
+        };
+        v.push(Dlm::start(cfg.clone(), id, opts).await.expect("start node"));
+    }
+    for (d, _) in &v {
+        wait_members(d, 3).await;
+    }
+    v
+}
+
+/// Waits until `d` is in a quorate view of `n` members, not recovering.
+async fn wait_members(d: &Dlm, n: usize) {
+    timeout(LONG, async {
+        loop {
+            let s = d.status().await.expect("status");
+            if s.quorate
+                && !s.recovering
+                && s.slot.is_some()
+                && s.view.as_ref().is_some_and(|v| v.members.len() == n)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("node {} never saw {n} members", d.node_id()));
+}
+
+/// The next event matching `f`, skipping others.
+async fn next_event(ev: &mut Events, what: &str, f: impl Fn(&DlmEvent) -> bool) -> DlmEvent {
+    timeout(LONG, async {
+        loop {
+            match ev.recv().await {
+                Some(e) if f(&e) => return e,
+                Some(_) => {}
+                None => panic!("event stream closed waiting for {what}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {what} event"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_callback_lvb_and_fencing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = cluster(&dir);
+    let mut nodes = start3(&cfg, false).await;
+    let n2 = nodes[1].0.clone();
+    let (n1, ev1) = &mut nodes[0];
+
+    let g1 = timeout(LONG, n1.lock(b"res", Mode::EX, Flags::NONE, true, None))
+        .await
+        .expect("bounded")
+        .expect("EX on node 1");
+    assert_eq!(g1.mode, Mode::EX);
+    assert!(!g1.lvb_valid, "a new resource's LVB is not valid");
+
+    let waiter =
+        tokio::spawn(async move { n2.lock(b"res", Mode::EX, Flags::NONE, true, None).await });
+    let ev = next_event(ev1, "Blocking", |e| matches!(e, DlmEvent::Blocking { .. })).await;
+    assert_eq!(
+        ev,
+        DlmEvent::Blocking {
+            lkid: g1.lkid,
+            mode: Mode::EX
+        }
+    );
+    assert!(
+        !waiter.is_finished(),
+        "node 2 granted while node 1 holds EX"
+    );
+
+    let lvb = vec![7u8; cfg.lvb_len];
+    timeout(LONG, n1.unlock(g1.lkid, Some(lvb.clone())))
+        .await
+        .expect("bounded")
+        .expect("unlock");
+    let g2 = timeout(LONG, waiter)
+        .await
+        .expect("bounded")
+        .expect("join")
+        .expect("EX on node 2");
+    assert_eq!(g2.mode, Mode::EX);
+    assert!(g2.lvb_valid);
+    assert_eq!(g2.lvb.as_deref(), Some(&lvb[..]));
+    assert!(g2.seq > g1.seq, "fencing token {} !> {}", g2.seq, g1.seq);
+
+    // Unknown lock ids are refused with context.
+    let e = n1
+        .unlock(g1.lkid, None)
+        .await
+        .expect_err("already unlocked");
+    assert!(matches!(e, DlmError::Invalid { .. }), "{e}");
+    assert!(e.to_string().contains("node 1"), "{e}");
+    for (d, _) in &nodes {
+        let _ = timeout(LONG, d.leave()).await;
+    }
+}
+
+/// `name` in `mode` with NOQUEUE, retried until it is free (bounded).
+async fn free_lock(d: &Dlm, name: &[u8], mode: Mode) -> rdlm::api::Grant {
+    timeout(LONG, async {
+        loop {
+            match d.lock(name, mode, Flags::NOQUEUE, false, None).await {
+                Ok(g) => return g,
+                Err(DlmError::WouldBlock { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the lock never became free")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noqueue_and_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = cluster(&dir);
+    let nodes = start3(&cfg, false).await;
+    let (n1, n2) = (&nodes[0].0, &nodes[1].0);
+    let g = timeout(LONG, n1.lock(b"q", Mode::PW, Flags::NONE, false, None))
+        .await
+        .expect("bounded")
+        .expect("PW");
+    let e = timeout(LONG, n2.lock(b"q", Mode::PR, Flags::NOQUEUE, false, None))
+        .await
+        .expect("bounded")
+        .expect_err("NOQUEUE against PW");
+    assert!(matches!(e, DlmError::WouldBlock { .. }), "{e}");
+    assert!(e.to_string().contains("\"q\""), "{e}");
+
+    let started = std::time::Instant::now();
+    let e = timeout(
+        LONG,
+        n2.lock(
+            b"q",
+            Mode::PR,
+            Flags::NONE,
+            false,
+            Some(Duration::from_millis(300)),
+        ),
+    )
+    .await
+    .expect("bounded")
+    .expect_err("timeout against PW");
+    assert!(matches!(e, DlmError::TimedOut { .. }), "{e}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // A caller that gives up (its future dropped) has its request
+    // cancelled, or released if the grant wins.
+    let gave_up = timeout(
+        Duration::from_millis(200),
+        n2.lock(b"q", Mode::EX, Flags::NONE, false, None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "EX granted against PW");
+
+    // Neither request left anything behind: once the abandoned one is
+    // cancelled (or granted and released), the lock is free for node 2 and
+    // then for node 1.
+    n1.unlock(g.lkid, None).await.expect("unlock");
+    let g = free_lock(n2, b"q", Mode::PR).await;
+    n2.unlock(g.lkid, None).await.expect("unlock");
+    let g = free_lock(n1, b"q", Mode::EX).await;
+    n1.unlock(g.lkid, None).await.expect("unlock");
+    for (d, _) in &nodes {
+        let _ = timeout(LONG, d.leave()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_hold_until_recovery_done() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = cluster(&dir);
+    let mut nodes = start3(&cfg, true).await;
+    let (n3, _ev3) = nodes.pop().expect("node 3");
+    let n2 = nodes[1].0.clone();
+    let (n1, ev1) = &mut nodes[0];
+
+    let s3 = n3.status().await.expect("status 3");
+    let slot3 = s3.slot.expect("node 3 has a slot");
+    timeout(LONG, n3.lock(b"data", Mode::EX, Flags::NONE, false, None))
+        .await
+        .expect("bounded")
+        .expect("EX on node 3");
+    // Node 3 dies: no leave, no closing of connections.
+    n3.abort();
+    drop(n3);
+
+    let waiter =
+        tokio::spawn(async move { n2.lock(b"data", Mode::EX, Flags::NONE, false, None).await });
+    let ev = next_event(ev1, "RecoverSlot", |e| {
+        matches!(e, DlmEvent::RecoverSlot { .. })
+    })
+    .await;
+    assert_eq!(
+        ev,
+        DlmEvent::RecoverSlot {
+            node: 3,
+            incarnation: s3.incarnation,
+            slot: slot3
+        }
+    );
+    next_event(ev1, "RecoverDone", |e| {
+        matches!(e, DlmEvent::RecoverDone { .. })
+    })
+    .await;
+    let s1 = n1.status().await.expect("status 1");
+    assert_eq!(s1.pending_recovery, vec![(3, s3.incarnation)]);
+
+    // Journal locks pass the hold; everything else waits.
+    let j = timeout(
+        LONG,
+        n1.lock(b"journal-3", Mode::EX, Flags::NOEXP, false, None),
+    )
+    .await
+    .expect("NOEXP not granted during the hold")
+    .expect("NOEXP lock");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "granted during the recovery hold");
+
+    n1.recovery_done(3, s3.incarnation)
+        .await
+        .expect("recovery_done");
+    let g = timeout(LONG, waiter)
+        .await
+        .expect("not granted after recovery_done")
+        .expect("join")
+        .expect("EX on node 2");
+    assert_eq!(g.mode, Mode::EX);
+    n1.unlock(j.lkid, None).await.expect("unlock journal");
+    for (d, _) in &nodes {
+        let _ = timeout(LONG, d.leave()).await;
+    }
+}
+
+#[test]
+fn blocking_wrapper_from_many_threads() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = cluster(&dir);
+    let nodes = rt.block_on(start3(&cfg, false));
+    // Threads share node 1 and node 2: exclusion holds within a node and
+    // across nodes.
+    let handles: Vec<BlockingDlm> = nodes[..2]
+        .iter()
+        .map(|(d, _)| BlockingDlm::new(d.clone(), rt.handle().clone()))
+        .collect();
+    let inside = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let b = handles[t % 2].clone();
+            let inside = inside.clone();
+            let done = done.clone();
+            s.spawn(move || {
+                for _ in 0..20 {
+                    let g = b
+                        .lock(b"shared", Mode::EX, Flags::NONE, false, Some(LONG))
+                        .expect("EX from a thread");
+                    assert!(!inside.swap(true, Ordering::SeqCst), "two EX holders");
+                    std::thread::sleep(Duration::from_millis(1));
+                    inside.store(false, Ordering::SeqCst);
+                    b.unlock(g.lkid, None).expect("unlock from a thread");
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    assert_eq!(done.load(Ordering::SeqCst), 160);
+    let s = handles[0].status().expect("status");
+    assert_eq!(s.locks, 0, "locks left behind: {s:?}");
+    for b in &handles {
+        b.leave().expect("leave");
+    }
+    rt.block_on(async {
+        let _ = timeout(LONG, nodes[2].0.leave()).await;
+    });
+}
