@@ -36,6 +36,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+mod deadlock;
 pub mod lockspace;
 pub mod member;
 pub mod midcomms;
