@@ -40,6 +40,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
+mod deadlock;
 pub mod lockspace;
 pub mod member;
 pub mod midcomms;

@@ -81,6 +81,7 @@ pub(crate) enum Op {
     Request {
         mode: Mode,
         flags: Flags,
+        owner: u64,
     },
     Convert {
         mode: Mode,
@@ -111,6 +112,7 @@ pub(crate) struct LocalLock {
     pub(crate) lvb: Option<Vec<u8>>,
     pub(crate) lvb_valid: bool,
     pub(crate) seq: u64,
+    pub(crate) owner: u64,
     /// The master that granted it (recovery needs it even when the cache
     /// of masters was emptied).
     pub(crate) master: Option<NodeId>,
@@ -169,6 +171,7 @@ pub struct Lockspace {
     pub(crate) pending_hold: BTreeSet<(NodeId, u64)>,
     /// Departed incarnations whose recovery was declared done.
     pub(crate) released: BTreeSet<(NodeId, u64)>,
+    pub(crate) detector: crate::deadlock::Detector,
 }
 
 /// FNV-1a: stable across processes and versions, unlike std's hasher.
@@ -231,6 +234,7 @@ impl Lockspace {
             hold_on_recovery: false,
             pending_hold: BTreeSet::new(),
             released: BTreeSet::new(),
+            detector: Default::default(),
         }
     }
 
@@ -395,6 +399,7 @@ impl Lockspace {
     /// Time passes: requests past their deadline are cancelled.
     pub fn tick(&mut self, now: u64) {
         self.now = self.now.max(now);
+        self.deadlock_tick(now);
         let due: Vec<u64> = self
             .locks
             .iter()
@@ -427,12 +432,27 @@ impl Lockspace {
         flags: Flags,
         timeout: Option<u64>,
     ) -> Result<u64, LockError> {
+        self.lock_as(0, name, mode, flags, timeout)
+    }
+
+    /// A new lock on behalf of `owner`, a transaction of this node that may
+    /// hold some locks while it waits for others: deadlock detection
+    /// follows owners' waits across resources and nodes (0: the lock
+    /// alone, never part of a cycle).
+    pub fn lock_as(
+        &mut self,
+        owner: u64,
+        name: &[u8],
+        mode: Mode,
+        flags: Flags,
+        timeout: Option<u64>,
+    ) -> Result<u64, LockError> {
         self.check_name(name)?;
         let deadline = self.deadline(flags, timeout)?;
         let flags = Flags(flags.0 & !Flags::TIMEOUT.0);
         let lkid = self.next_lkid;
         self.next_lkid += 1;
-        let op = Op::Request { mode, flags };
+        let op = Op::Request { mode, flags, owner };
         self.locks.insert(
             lkid,
             LocalLock {
@@ -445,6 +465,7 @@ impl Lockspace {
                 lvb: None,
                 lvb_valid: false,
                 seq: 0,
+                owner,
                 master: None,
                 deadline,
                 timed_out: false,
@@ -610,11 +631,12 @@ impl Lockspace {
             }
         }
         let body = match op {
-            Op::Request { mode, flags } => Body::Request {
+            Op::Request { mode, flags, owner } => Body::Request {
                 lkid,
                 name,
                 mode,
                 flags: flags.0,
+                owner,
             },
             Op::Convert { mode, flags, lvb } => Body::Convert {
                 lkid,
@@ -654,7 +676,7 @@ impl Lockspace {
         };
         let is_cancel = matches!(op, Op::Cancel);
         let result = res.and_then(|r| match op {
-            Op::Request { mode, flags } => r.request(id, mode, flags, None),
+            Op::Request { mode, flags, owner } => r.request_as(id, owner, mode, flags, None),
             Op::Convert { mode, flags, lvb } => r.convert(id, mode, flags, lvb.as_deref(), None),
             Op::Unlock { flags, lvb } => r.unlock(id, flags, lvb.as_deref()),
             Op::Cancel => r.cancel(id),
@@ -932,6 +954,13 @@ impl Lockspace {
                     self.lock_traffic(from, msg.generation, body);
                 }
             }
+            body @ (Body::EdgesRequest { .. } | Body::Edges { .. } | Body::Victim { .. }) => {
+                if current && !(matches!(body, Body::Victim { .. }) && self.blocked()) {
+                    self.deadlock_message(from, body);
+                } else {
+                    self.stats.stale_dropped += 1;
+                }
+            }
             // Membership messages belong to the membership layer.
             _ => self.stats.protocol_errors += 1,
         }
@@ -970,6 +999,7 @@ impl Lockspace {
                 name,
                 mode,
                 flags,
+                owner,
             } => self.master_apply(
                 from,
                 name,
@@ -977,6 +1007,7 @@ impl Lockspace {
                 Op::Request {
                     mode,
                     flags: Flags(flags),
+                    owner,
                 },
             ),
             Body::Convert {

@@ -20,6 +20,7 @@ pub struct Node {
     ls: Lockspace,
     lvb_len: usize,
     hold: bool,
+    deadlock_interval: u64,
     out: Vec<Output>,
 }
 
@@ -36,6 +37,7 @@ impl Node {
             ls: Lockspace::joining(id, lvb_len),
             lvb_len,
             hold: false,
+            deadlock_interval: 0,
             out: Vec::new(),
         })
     }
@@ -113,10 +115,23 @@ impl Node {
         flags: Flags,
         timeout: Option<u64>,
     ) -> Result<u64, LockError> {
+        self.lock_as(now, 0, name, mode, flags, timeout)
+    }
+
+    /// `lock` on behalf of an owner (see [`Lockspace::lock_as`]).
+    pub fn lock_as(
+        &mut self,
+        now: u64,
+        owner: u64,
+        name: &[u8],
+        mode: Mode,
+        flags: Flags,
+        timeout: Option<u64>,
+    ) -> Result<u64, LockError> {
         self.member.tick_lease(now);
         self.pump(now);
         self.ls.tick(now);
-        let r = self.ls.lock_for(name, mode, flags, timeout);
+        let r = self.ls.lock_as(owner, name, mode, flags, timeout);
         self.pump(now);
         r
     }
@@ -178,6 +193,12 @@ impl Node {
         self.ls.set_recovery_hold(hold);
     }
 
+    /// See [`Lockspace::set_deadlock_detection`]; kept across lost leases.
+    pub fn set_deadlock_detection(&mut self, interval: u64) {
+        self.deadlock_interval = interval;
+        self.ls.set_deadlock_detection(interval);
+    }
+
     /// See [`Lockspace::recovery_done`].
     pub fn recovery_done(&mut self, now: u64, node: NodeId, incarnation: u64) {
         self.member.tick_lease(now);
@@ -202,6 +223,7 @@ impl Node {
                             // is void.
                             self.ls = Lockspace::joining(self.id(), self.lvb_len);
                             self.ls.set_recovery_hold(self.hold);
+                            self.ls.set_deadlock_detection(self.deadlock_interval);
                         }
                     }
                     self.out.extend(self.ls.drain());

@@ -51,6 +51,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 #[derive(Debug, Clone)]
 pub(crate) struct Report {
     lock: LockId,
+    owner: u64,
     mode: Mode,
     seq: u64,
     source: LvbSource,
@@ -236,6 +237,7 @@ impl Lockspace {
             Body::RecoverLock {
                 lkid,
                 name,
+                owner,
                 mode,
                 seq,
                 lvb_source,
@@ -250,6 +252,7 @@ impl Lockspace {
                 if let Some(r) = self.recovery.as_mut() {
                     r.rebuilding.entry(name).or_default().push(Report {
                         lock: LockId { node: from, lkid },
+                        owner,
                         mode,
                         seq,
                         source: lvb_source,
@@ -359,6 +362,7 @@ impl Lockspace {
                         node: self.id,
                         lkid,
                     },
+                    owner: l.owner,
                     mode,
                     seq: l.seq,
                     source,
@@ -382,6 +386,7 @@ impl Lockspace {
                     Body::RecoverLock {
                         lkid: rep.lock.lkid,
                         name: name.clone(),
+                        owner: rep.owner,
                         mode: rep.mode,
                         seq: rep.seq,
                         lvb_source: rep.source,
@@ -431,7 +436,8 @@ impl Lockspace {
             if self.mastered.contains_key(&name) {
                 continue;
             }
-            let locks: Vec<(LockId, Mode)> = reports.iter().map(|r| (r.lock, r.mode)).collect();
+            let locks: Vec<(LockId, u64, Mode)> =
+                reports.iter().map(|r| (r.lock, r.owner, r.mode)).collect();
             let newest = reports
                 .iter()
                 .filter(|r| r.source != LvbSource::None)

@@ -100,11 +100,23 @@ pub enum LockError {
     Busy(LockId, &'static str),
     #[error("unknown lock {0}")]
     UnknownLock(LockId),
+    /// Deadlock detection found this request in a cycle of waits across
+    /// resources and chose it as the victim; `cycle` lists the waiting
+    /// locks that formed it.
+    #[error("deadlock: waits form a cycle through locks {}", fmt_locks(cycle))]
+    Cycle { cycle: Vec<LockId> },
     /// The node asked does not master the resource (a master assignment
     /// from an older membership that never took effect). The owner looks
     /// the master up again; users never see this.
     #[error("not the master of this resource")]
     NotMaster,
+}
+
+fn fmt_locks(v: &[LockId]) -> String {
+    v.iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }
 
 /// What a call produced, addressed to locks (the master turns these into
@@ -137,6 +149,9 @@ pub enum Event {
 #[derive(Debug, Clone)]
 struct Lkb {
     id: LockId,
+    /// Who waits when this lock waits (deadlock detection); 0: the lock
+    /// alone.
+    owner: u64,
     /// Mode held (None while a new request waits).
     grmode: Option<Mode>,
     /// Mode requested (equals grmode when nothing is pending).
@@ -198,15 +213,15 @@ impl Resource {
     pub fn recovered(
         name: &[u8],
         lvb_len: usize,
-        locks: &[(LockId, Mode)],
+        locks: &[(LockId, u64, Mode)],
         lvb: Option<(&[u8], bool)>,
         seq_floor: u64,
     ) -> Result<Resource, LockError> {
         let mut r = Resource::new(name, lvb_len)?;
-        for (i, (a, am)) in locks.iter().enumerate() {
-            if let Some((b, bm)) = locks[i + 1..]
+        for (i, (a, _, am)) in locks.iter().enumerate() {
+            if let Some((b, _, bm)) = locks[i + 1..]
                 .iter()
-                .find(|(b, bm)| b == a || !am.compatible(*bm))
+                .find(|(b, _, bm)| b == a || !am.compatible(*bm))
             {
                 return Err(LockError::Invalid(format!(
                     "recovery of {:?}: {a} reports {am} and {b} reports {bm}",
@@ -214,9 +229,10 @@ impl Resource {
                 )));
             }
         }
-        for &(id, mode) in locks {
+        for &(id, owner, mode) in locks {
             r.granted.push(Lkb {
                 id,
+                owner,
                 grmode: Some(mode),
                 rqmode: mode,
                 flags: Flags::NONE,
@@ -356,6 +372,19 @@ impl Resource {
         flags: Flags,
         deadline: Option<u64>,
     ) -> Result<Vec<Event>, LockError> {
+        self.request_as(id, 0, mode, flags, deadline)
+    }
+
+    /// A new lock on behalf of `owner` (a transaction: its waits are what
+    /// deadlock detection follows; 0 = the lock alone).
+    pub fn request_as(
+        &mut self,
+        id: LockId,
+        owner: u64,
+        mode: Mode,
+        flags: Flags,
+        deadline: Option<u64>,
+    ) -> Result<Vec<Event>, LockError> {
         if flags.contains(Flags::CONVERT) {
             return Err(LockError::Invalid("CONVERT on a new request".into()));
         }
@@ -375,6 +404,7 @@ impl Resource {
         let mut out = Vec::new();
         let l = Lkb {
             id,
+            owner,
             grmode: None,
             rqmode: mode,
             flags,
@@ -534,6 +564,40 @@ impl Resource {
         let l = self.granted.remove(pos);
         self.write_lvb(l.grmode.unwrap_or(Mode::NL), flags, lvb);
         let mut out = vec![Event::Unlocked { lock: id }];
+        self.grant_pending(&mut out);
+        self.check();
+        Ok(out)
+    }
+
+    /// Who waits for whom here: (waiting lock, its owner, blocking lock,
+    /// its owner). A queued lock waits for every holder whose mode it
+    /// cannot share, and for every lock queued ahead of it that wants a
+    /// mode it cannot share (the queues are served in order).
+    pub fn wait_edges(&self) -> Vec<(LockId, u64, LockId, u64)> {
+        let mut edges = Vec::new();
+        let queued: Vec<&Lkb> = self.converting.iter().chain(self.waiting.iter()).collect();
+        for (i, w) in queued.iter().enumerate() {
+            for h in self.granted.iter().chain(self.converting.iter()) {
+                if h.id != w.id && h.grmode.is_some_and(|g| !g.compatible(w.rqmode)) {
+                    edges.push((w.id, w.owner, h.id, h.owner));
+                }
+            }
+            for a in &queued[..i] {
+                if !a.rqmode.compatible(w.rqmode) {
+                    edges.push((w.id, w.owner, a.id, a.owner));
+                }
+            }
+        }
+        edges.sort_unstable();
+        edges.dedup();
+        edges
+    }
+
+    /// Fails a queued request with `error` (deadlock detection chose it as
+    /// the victim); a granted lock is left alone.
+    pub fn fail_waiter(&mut self, id: LockId, error: LockError) -> Result<Vec<Event>, LockError> {
+        let mut out = Vec::new();
+        self.cancel_with(id, error, &mut out)?;
         self.grant_pending(&mut out);
         self.check();
         Ok(out)

@@ -13,8 +13,13 @@ use crate::resource::{LockError, LockId, NodeId, MAX_NAME};
 pub const MAGIC: u16 = 0x524c; // "RL"
 pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 16;
-/// Largest body accepted (names, LVBs and error texts are all bounded).
-pub const MAX_BODY: usize = 4096;
+/// Largest body accepted (names, LVBs, texts and lists are all bounded).
+pub const MAX_BODY: usize = 65536;
+/// Most wait-for edges one node reports in a deadlock detection round (a
+/// round with more is skipped, not misjudged).
+pub const MAX_EDGES: usize = 1500;
+/// Longest cycle a deadlock report carries.
+pub const MAX_CYCLE: usize = 64;
 /// Largest LVB carried.
 pub const MAX_LVB: usize = 1024;
 /// Longest error text carried.
@@ -34,12 +39,13 @@ pub enum Body {
         name: Vec<u8>,
         master: NodeId,
     },
-    /// To a master: a new lock.
+    /// To a master: a new lock, on behalf of `owner` (0: the lock alone).
     Request {
         lkid: u64,
         name: Vec<u8>,
         mode: Mode,
         flags: u32,
+        owner: u64,
     },
     Convert {
         lkid: u64,
@@ -131,6 +137,7 @@ pub enum Body {
     RecoverLock {
         lkid: u64,
         name: Vec<u8>,
+        owner: u64,
         mode: Mode,
         /// Grant sequence number of the lock's current grant.
         seq: u64,
@@ -156,6 +163,34 @@ pub enum Body {
         node: NodeId,
         incarnation: u64,
     },
+
+    // Deadlock detection (generation-strict).
+    /// From the detector: report your wait-for edges.
+    EdgesRequest {
+        round: u64,
+    },
+    /// To the detector: the waits on the resources the sender masters
+    /// (`complete` is false when there were more than MAX_EDGES).
+    Edges {
+        round: u64,
+        complete: bool,
+        edges: Vec<WaitEdge>,
+    },
+    /// From the detector to a master: fail this waiting request, it closes
+    /// a cycle.
+    Victim {
+        lock: LockId,
+        cycle: Vec<LockId>,
+    },
+}
+
+/// A waiting lock and a lock it waits for, with their owners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WaitEdge {
+    pub waiter: LockId,
+    pub waiter_owner: u64,
+    pub holder: LockId,
+    pub holder_owner: u64,
 }
 
 /// Where a recovered lock's LVB copy comes from.
@@ -219,6 +254,17 @@ impl Writer {
 }
 
 impl Writer {
+    fn lock(&mut self, l: LockId) {
+        self.u32(l.node);
+        self.u64(l.lkid);
+    }
+    fn locks(&mut self, v: &[LockId]) {
+        let v = &v[..v.len().min(MAX_CYCLE)];
+        self.0.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        for l in v {
+            self.lock(*l);
+        }
+    }
     fn ids(&mut self, m: &[(NodeId, u64)]) {
         self.0.extend_from_slice(&(m.len() as u16).to_be_bytes());
         for (id, inc) in m {
@@ -320,6 +366,16 @@ impl<'a> Reader<'a> {
     fn ids(&mut self) -> Result<Vec<(NodeId, u64)>, WireError> {
         self.ids_up_to(MAX_NODES)
     }
+    fn lock(&mut self) -> Result<LockId, WireError> {
+        Ok(LockId {
+            node: self.u32()?,
+            lkid: self.u64()?,
+        })
+    }
+    fn locks(&mut self) -> Result<Vec<LockId>, WireError> {
+        let n = self.count(MAX_CYCLE, "locks in a cycle")?;
+        (0..n).map(|_| self.lock()).collect()
+    }
     fn ids_up_to(&mut self, max: usize) -> Result<Vec<(NodeId, u64)>, WireError> {
         let n = self.count(max, "node incarnations")?;
         (0..n).map(|_| Ok((self.u32()?, self.u64()?))).collect()
@@ -379,6 +435,9 @@ fn type_of(b: &Body) -> u8 {
         Body::LocksDone => 20,
         Body::RecoveryDone { .. } => 21,
         Body::ReleaseHold { .. } => 22,
+        Body::EdgesRequest { .. } => 23,
+        Body::Edges { .. } => 24,
+        Body::Victim { .. } => 25,
     }
 }
 
@@ -409,6 +468,10 @@ fn encode_error(w: &mut Writer, e: &LockError) {
             w.u64(id.lkid);
         }
         LockError::NotMaster => w.u8(8),
+        LockError::Cycle { cycle } => {
+            w.u8(9);
+            w.locks(cycle);
+        }
     }
 }
 
@@ -439,6 +502,7 @@ fn decode_error(r: &mut Reader<'_>) -> Result<LockError, WireError> {
             lkid: r.u64()?,
         }),
         8 => LockError::NotMaster,
+        9 => LockError::Cycle { cycle: r.locks()? },
         v => return Err(r.err(format!("unknown error code {v}"))),
     })
 }
@@ -457,11 +521,13 @@ impl Message {
                 name,
                 mode,
                 flags,
+                owner,
             } => {
                 w.u64(*lkid);
                 w.bytes(name);
                 w.u8(*mode as u8);
                 w.u32(*flags);
+                w.u64(*owner);
             }
             Body::Convert {
                 lkid,
@@ -554,9 +620,30 @@ impl Message {
                 w.u32(*node);
                 w.u64(*incarnation);
             }
+            Body::EdgesRequest { round } => w.u64(*round),
+            Body::Edges {
+                round,
+                complete,
+                edges,
+            } => {
+                w.u64(*round);
+                w.u8(u8::from(*complete));
+                w.0.extend_from_slice(&(edges.len() as u16).to_be_bytes());
+                for e in edges {
+                    w.lock(e.waiter);
+                    w.u64(e.waiter_owner);
+                    w.lock(e.holder);
+                    w.u64(e.holder_owner);
+                }
+            }
+            Body::Victim { lock, cycle } => {
+                w.lock(*lock);
+                w.locks(cycle);
+            }
             Body::RecoverLock {
                 lkid,
                 name,
+                owner,
                 mode,
                 seq,
                 lvb_source,
@@ -565,6 +652,7 @@ impl Message {
             } => {
                 w.u64(*lkid);
                 w.bytes(name);
+                w.u64(*owner);
                 w.u8(*mode as u8);
                 w.u64(*seq);
                 w.u8(*lvb_source as u8);
@@ -625,6 +713,7 @@ impl Message {
                 name: r.name()?,
                 mode: r.mode()?,
                 flags: r.u32()?,
+                owner: r.u64()?,
             },
             4 => Body::Convert {
                 lkid: r.u64()?,
@@ -689,6 +778,7 @@ impl Message {
             19 => Body::RecoverLock {
                 lkid: r.u64()?,
                 name: r.name()?,
+                owner: r.u64()?,
                 mode: r.mode()?,
                 seq: r.u64()?,
                 lvb_source: r.lvb_source()?,
@@ -703,6 +793,31 @@ impl Message {
             22 => Body::ReleaseHold {
                 node: r.u32()?,
                 incarnation: r.u64()?,
+            },
+            23 => Body::EdgesRequest { round: r.u64()? },
+            24 => {
+                let round = r.u64()?;
+                let complete = r.bool()?;
+                let n = r.count(MAX_EDGES, "wait-for edges")?;
+                let edges = (0..n)
+                    .map(|_| {
+                        Ok(WaitEdge {
+                            waiter: r.lock()?,
+                            waiter_owner: r.u64()?,
+                            holder: r.lock()?,
+                            holder_owner: r.u64()?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, WireError>>()?;
+                Body::Edges {
+                    round,
+                    complete,
+                    edges,
+                }
+            }
+            25 => Body::Victim {
+                lock: r.lock()?,
+                cycle: r.locks()?,
             },
             t => return Err(WireError::UnknownType(t)),
         };

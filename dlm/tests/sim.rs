@@ -31,6 +31,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 const NAMES: [&[u8]; 4] = [b"inode/1", b"inode/2", b"rgrp/0", b"journal/3"];
 const LVB: usize = 32;
+/// Deadlock detection rounds, in simulated milliseconds.
+const DEADLOCK_EVERY: u64 = 25;
 const TIMING: Timing = Timing {
     heartbeat: 10,
     failure_timeout: 50,
@@ -90,6 +92,7 @@ struct Sim {
     /// Locks requested with NOEXP.
     noexp: BTreeSet<(u32, u64)>,
     releases: u64,
+    deadlocks: u64,
 }
 
 impl Sim {
@@ -106,6 +109,7 @@ impl Sim {
             .map(|id| {
                 let mut node = Node::new(id, u64::from(id) << 32, 0, cfg.clone(), LVB).unwrap();
                 node.set_recovery_hold(hold);
+                node.set_deadlock_detection(DEADLOCK_EVERY);
                 Some(node)
             })
             .collect();
@@ -129,6 +133,7 @@ impl Sim {
             dead_writers: BTreeMap::new(),
             noexp: BTreeSet::new(),
             releases: 0,
+            deadlocks: 0,
         }
     }
 
@@ -315,7 +320,10 @@ impl Sim {
                     }
                 }
             }
-            Callback::Failed { lkid, .. } => {
+            Callback::Failed { lkid, error } => {
+                if matches!(error, rdlm::LockError::Cycle { .. }) {
+                    self.deadlocks += 1;
+                }
                 let e = self
                     .beliefs
                     .get_mut(&(node, lkid))
@@ -518,8 +526,10 @@ impl Sim {
             };
             let noexp = self.rng.gen_bool(0.1);
             let flags = if noexp { flags | Flags::NOEXP } else { flags };
+            // All of a node's locks belong to one owner, so waits between
+            // nodes can form cycles for deadlock detection to break.
             let lkid = ls_node
-                .lock_for(now, NAMES[r], mode, flags, timeout)
+                .lock_as(now, u64::from(node), NAMES[r], mode, flags, timeout)
                 .map_err(|e| e.to_string())?;
             if trace() {
                 eprintln!(
@@ -718,6 +728,7 @@ impl Sim {
                 self.next_incarnation += 1;
                 let mut node = Node::new(id, inc, self.now as u32, self.cfg.clone(), LVB).unwrap();
                 node.set_recovery_hold(self.hold);
+                node.set_deadlock_detection(DEADLOCK_EVERY);
                 self.nodes[(id - 1) as usize] = Some(node);
                 self.net.retain(|(from, to), _| *to != id && *from != id);
             }
@@ -802,7 +813,8 @@ fn simulated_cluster_never_holds_conflicting_locks_and_always_finishes() {
             (0..n).collect()
         }
     };
-    let (mut ops, mut grants, mut faults, mut views, mut lost, mut releases) = (0, 0, 0, 0, 0, 0);
+    let (mut ops, mut grants, mut faults, mut views, mut lost, mut releases, mut deadlocks) =
+        (0, 0, 0, 0, 0, 0, 0);
     for seed in &seeds {
         let mut sim = Sim::new(*seed);
         if let Err(e) = sim.run(20_000) {
@@ -814,9 +826,10 @@ fn simulated_cluster_never_holds_conflicting_locks_and_always_finishes() {
         views += sim.views;
         lost += sim.lost;
         releases += sim.releases;
+        deadlocks += sim.deadlocks;
     }
     eprintln!(
-        "{} seeds: {ops} client operations, {grants} grants, {faults} faults, {views} views committed, {lost} leases lost, {releases} recovery holds released",
+        "{} seeds: {ops} client operations, {grants} grants, {faults} faults, {views} views committed, {lost} leases lost, {releases} recovery holds released, {deadlocks} deadlocks broken",
         seeds.len()
     );
 }

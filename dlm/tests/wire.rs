@@ -19,6 +19,7 @@ fn samples() -> Vec<Body> {
             name: name.clone(),
             mode: Mode::PR,
             flags: 5,
+            owner: 42,
         },
         Body::Convert {
             lkid: 7,
@@ -104,7 +105,8 @@ fn samples() -> Vec<Body> {
         Body::DirDone,
         Body::RecoverLock {
             lkid: 9,
-            name,
+            name: name.clone(),
+            owner: 42,
             mode: Mode::PR,
             seq: 5 << 32 | 3,
             lvb_source: LvbSource::Written,
@@ -119,6 +121,28 @@ fn samples() -> Vec<Body> {
         Body::ReleaseHold {
             node: 3,
             incarnation: 7,
+        },
+        Body::EdgesRequest { round: 3 },
+        Body::Edges {
+            round: 3,
+            complete: true,
+            edges: vec![rdlm::wire::WaitEdge {
+                waiter: LockId { node: 2, lkid: 5 },
+                waiter_owner: 7,
+                holder: LockId { node: 3, lkid: 1 },
+                holder_owner: 9,
+            }],
+        },
+        Body::Victim {
+            lock: LockId { node: 2, lkid: 5 },
+            cycle: vec![LockId { node: 2, lkid: 5 }, LockId { node: 3, lkid: 2 }],
+        },
+        Body::Failed {
+            lkid: 5,
+            name,
+            error: LockError::Cycle {
+                cycle: vec![LockId { node: 2, lkid: 5 }, LockId { node: 3, lkid: 2 }],
+            },
         },
     ]
 }
