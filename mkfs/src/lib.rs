@@ -3,13 +3,15 @@
 //!
 //! Owns: what mkfs writes and in which order ([`format()`]), the signature
 //! probe ([`signature::detect`]), and the checker ([`verify::verify`]) that
-//! tests — and later fsck — use to decode a whole image. May not touch: the
-//! byte layout of anything (that is `rdlmfs::format`'s; this crate only
-//! fills in its types) or a mounted file system.
+//! tests use to decode a whole image, and fsck ([`fsck::check`]), which
+//! reports every problem instead of the first and repairs what it can.
+//! May not touch: the byte layout of anything (that is `rdlmfs::format`'s;
+//! this crate only fills in its types) or a mounted file system.
 //!
-//! The binary `mkfs.rdlmfs` (`src/bin/mkfs.rs`) is a thin command line over
-//! these functions.
+//! The binaries `mkfs.rdlmfs` (`src/bin/mkfs.rs`) and `fsck.rdlmfs`
+//! (`src/bin/fsck.rs`) are thin command lines over these functions.
 
+pub mod fsck;
 pub mod signature;
 pub mod tree;
 pub mod verify;
