@@ -144,6 +144,10 @@ pub enum DlmError {
     TimedOut { ctx: LockCtx },
     #[error("{ctx}: conversion deadlock with lock {with}")]
     Deadlock { ctx: LockCtx, with: LockId },
+    /// Deadlock detection chose this request to break a cycle of waits
+    /// across resources and nodes (the waiting locks, in order).
+    #[error("{ctx}: deadlock: waits form a cycle through {}", cycle.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" -> "))]
+    DeadlockCycle { ctx: LockCtx, cycle: Vec<LockId> },
     #[error("{ctx}: cancelled")]
     Cancelled { ctx: LockCtx },
     /// The lease was lost (or the node restarted as a new incarnation):
@@ -165,6 +169,7 @@ impl DlmError {
             LockError::WouldBlock => DlmError::WouldBlock { ctx },
             LockError::TimedOut => DlmError::TimedOut { ctx },
             LockError::Deadlock { with } => DlmError::Deadlock { ctx, with },
+            LockError::Cycle { cycle } => DlmError::DeadlockCycle { ctx, cycle },
             LockError::Cancelled => DlmError::Cancelled { ctx },
             LockError::Invalid(detail) => DlmError::Invalid { ctx, detail },
             LockError::Busy(_, what) => DlmError::Invalid {

@@ -83,7 +83,9 @@ pub async fn run(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs().min(u64::from(u32::MAX / 2)) as u32)
         .unwrap_or(0);
-    let node = Node::new(me, incarnation, floor, member_cfg, cluster.lvb_len).map_err(setup)?;
+    let mut node = Node::new(me, incarnation, floor, member_cfg, cluster.lvb_len).map_err(setup)?;
+    // Each client connection is one owner: its waits can close a cycle.
+    node.set_deadlock_detection((cluster.heartbeat_ms * 5).max(100));
     let (transport, mut incoming) = Transport::start(&cluster, me, incarnation)
         .await
         .map_err(|e| setup(e.to_string()))?;
