@@ -19,16 +19,16 @@
 
 use crate::config::ClusterConfig;
 use crate::lockspace::{Callback, Output};
-use crate::member::{Member, MemberConfig, MemberEvent, Timing, View};
+use crate::member::{Member, MemberEvent, View};
 use crate::mode::Mode;
 use crate::node::Node;
 use crate::resource::{Flags, LockError, LockId, NodeId};
-use crate::transport::{new_incarnation, Incoming, Transport};
+use crate::transport::{generation_floor_now, new_incarnation, Incoming, Transport};
 use crate::wire::Message;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -257,25 +257,15 @@ impl Dlm {
         opts: DlmOptions,
     ) -> Result<(Dlm, Events), DlmError> {
         let setup = |detail: String| DlmError::Setup { node: me, detail };
-        let timing = Timing {
-            heartbeat: cluster.heartbeat_ms,
-            failure_timeout: cluster.failure_timeout_ms,
-            lease: cluster.lease_ms,
-        };
-        let member_cfg = MemberConfig {
-            nodes: cluster.nodes.iter().map(|n| n.id).collect(),
-            timing,
-            two_node: cluster.two_node,
-        };
         let incarnation = new_incarnation();
-        // As in the daemon: wall-clock seconds keep the generations of a
-        // cluster restarted from nothing above those of its previous life.
-        let floor = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs().min(u64::from(u32::MAX / 2)) as u32)
-            .unwrap_or(0);
-        let mut node =
-            Node::new(me, incarnation, floor, member_cfg, cluster.lvb_len).map_err(setup)?;
+        let mut node = Node::new(
+            me,
+            incarnation,
+            generation_floor_now(),
+            cluster.member_config(),
+            cluster.lvb_len,
+        )
+        .map_err(setup)?;
         node.set_recovery_hold(opts.recovery_hold);
         let (transport, incoming) = Transport::start(&cluster, me, incarnation)
             .await
@@ -288,6 +278,7 @@ impl Dlm {
         let d = Driver {
             me,
             alone: cluster.nodes.len() == 1,
+            heartbeat_ms: cluster.heartbeat_ms,
             node,
             transport,
             start: Instant::now(),
@@ -443,8 +434,9 @@ impl Dlm {
     }
 
     /// Stops the node: pending waiters get `NotRunning`, the transport
-    /// closes its connections. There is no clean leave yet: the others
-    /// treat this node as failed (its locks are purged, and with the
+    /// closes its connections. If the node holds no locks it leaves
+    /// cleanly (the others drop it at once); otherwise the others treat it
+    /// as failed (its locks are purged after its lease, and with the
     /// recovery hold its journal must be recovered).
     pub async fn leave(&self) -> Result<(), DlmError> {
         let (tx, rx) = oneshot::channel();
@@ -603,6 +595,7 @@ struct Lk {
 struct Driver {
     me: NodeId,
     alone: bool,
+    heartbeat_ms: u64,
     node: Node,
     transport: Transport,
     start: Instant,
@@ -672,6 +665,16 @@ async fn drive(
             },
         }
         d.flush();
+    }
+    // A clean leave when nothing is held: the others drop this node at
+    // once instead of treating it as failed.
+    if leaving.is_some() {
+        let now = d.now();
+        if d.node.leave(now).is_ok() {
+            d.flush();
+            info!(node = me, "left the cluster");
+            tokio::time::sleep(Duration::from_millis(d.heartbeat_ms.max(20))).await;
+        }
     }
     info!(node = me, "in-process node stopping");
     let Driver {

@@ -29,6 +29,7 @@
 //! a generator may write the cluster file before the keys, and the transport
 //! reports a missing file with its path when it starts.
 
+use crate::member::{MemberConfig, Timing};
 use crate::resource::NodeId;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -383,6 +384,19 @@ impl ClusterConfig {
 
     /// Votes needed to go on: a majority of the configured nodes, or 1 in
     /// two-node mode (where fencing, not votes, breaks ties).
+    /// What the membership layer needs of this file.
+    pub fn member_config(&self) -> MemberConfig {
+        MemberConfig {
+            nodes: self.nodes.iter().map(|n| n.id).collect(),
+            timing: Timing {
+                heartbeat: self.heartbeat_ms,
+                failure_timeout: self.failure_timeout_ms,
+                lease: self.lease_ms,
+            },
+            two_node: self.two_node,
+        }
+    }
+
     pub fn quorum(&self) -> usize {
         if self.two_node {
             1

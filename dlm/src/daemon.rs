@@ -12,15 +12,15 @@
 use crate::client::{MemberInfo, Reply, Request, ResourceInfo, StatusInfo, MAX_LINE};
 use crate::config::ClusterConfig;
 use crate::lockspace::{Callback, Output};
-use crate::member::{MemberConfig, MemberEvent, Timing};
+use crate::member::MemberEvent;
 use crate::mode::Mode;
 use crate::node::Node;
 use crate::resource::{Flags, NodeId};
-use crate::transport::{new_incarnation, Incoming, Transport};
+use crate::transport::{generation_floor_now, new_incarnation, Incoming, Transport};
 use crate::wire::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -66,24 +66,15 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let setup = |detail: String| DaemonError::Setup { node: me, detail };
-    let timing = Timing {
-        heartbeat: cluster.heartbeat_ms,
-        failure_timeout: cluster.failure_timeout_ms,
-        lease: cluster.lease_ms,
-    };
-    let member_cfg = MemberConfig {
-        nodes: cluster.nodes.iter().map(|n| n.id).collect(),
-        timing,
-        two_node: cluster.two_node,
-    };
     let incarnation = new_incarnation();
-    // Wall-clock seconds: generations of a cluster restarted from nothing
-    // stay above those of its previous life.
-    let floor = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs().min(u64::from(u32::MAX / 2)) as u32)
-        .unwrap_or(0);
-    let mut node = Node::new(me, incarnation, floor, member_cfg, cluster.lvb_len).map_err(setup)?;
+    let mut node = Node::new(
+        me,
+        incarnation,
+        generation_floor_now(),
+        cluster.member_config(),
+        cluster.lvb_len,
+    )
+    .map_err(setup)?;
     // Each client connection is one owner: its waits can close a cycle.
     node.set_deadlock_detection((cluster.heartbeat_ms * 5).max(100));
     let (transport, mut incoming) = Transport::start(&cluster, me, incarnation)
@@ -166,6 +157,14 @@ pub async fn run(
         }
         d.flush();
     }
+    // A clean leave when nothing is held here: the others drop this node
+    // at once instead of waiting out its lease.
+    let now = d.now();
+    if d.node.leave(now).is_ok() {
+        d.flush();
+        info!(node = me, "left the cluster");
+        tokio::time::sleep(Duration::from_millis(d.cluster.heartbeat_ms.max(20))).await;
+    }
     info!(node = me, "node stopping");
     let _ = std::fs::remove_file(&socket);
     d.transport.shutdown().await;
@@ -202,18 +201,6 @@ fn spawn_client(id: ClientId, stream: UnixStream, events: mpsc::UnboundedSender<
         }
         let _ = events.send(ClientEvent::Gone(id));
     });
-}
-
-fn parse_mode(s: &str) -> Result<Mode, String> {
-    match s.to_ascii_uppercase().as_str() {
-        "NL" => Ok(Mode::NL),
-        "CR" => Ok(Mode::CR),
-        "CW" => Ok(Mode::CW),
-        "PR" => Ok(Mode::PR),
-        "PW" => Ok(Mode::PW),
-        "EX" => Ok(Mode::EX),
-        _ => Err(format!("unknown mode {s:?} (NL, CR, CW, PR, PW or EX)")),
-    }
 }
 
 fn flags(noqueue: bool, timeout: Option<u64>) -> Flags {
@@ -289,7 +276,7 @@ impl Daemon {
                 noqueue,
                 timeout_ms,
             } => {
-                let mode = parse_mode(&mode)?;
+                let mode: Mode = mode.parse()?;
                 let lkid = self
                     .node
                     .lock_for(
@@ -310,7 +297,7 @@ impl Daemon {
                 timeout_ms,
             } => {
                 self.owned(client, lkid)?;
-                let mode = parse_mode(&mode)?;
+                let mode: Mode = mode.parse()?;
                 self.node
                     .convert_for(
                         now,

@@ -209,6 +209,11 @@ pub struct Membership {
     /// Incarnations dropped by a proposal this node accepted: never
     /// acknowledged again.
     excluded: BTreeSet<(NodeId, u64)>,
+    /// Incarnations that left cleanly (they hold no locks): not alive, and
+    /// dropping them needs no lease wait.
+    left: BTreeSet<(NodeId, u64)>,
+    /// This incarnation is leaving: it acknowledges and accepts nothing.
+    leaving: bool,
     max_generation: u32,
     hb: u64,
     next_heartbeat: u64,
@@ -244,6 +249,8 @@ impl Membership {
             committed: None,
             accepted: None,
             excluded: BTreeSet::new(),
+            left: BTreeSet::new(),
+            leaving: false,
             max_generation: generation_floor,
             hb: 0,
             next_heartbeat: 0,
@@ -291,6 +298,7 @@ impl Membership {
                 **id != self.id
                     && now < h.at + self.cfg.timing.failure_timeout
                     && !self.excluded.contains(&(**id, h.incarnation))
+                    && !self.left.contains(&(**id, h.incarnation))
             })
             .map(|(id, h)| (*id, h.incarnation))
             .collect();
@@ -347,6 +355,25 @@ impl Membership {
         }
     }
 
+    /// Leaves the cluster cleanly. The caller must hold no locks and act
+    /// on none from now on (the node stops taking lock traffic): that
+    /// promise is what lets the others drop this incarnation at once
+    /// instead of waiting out its lease.
+    pub fn leave(&mut self) {
+        self.leaving = true;
+        self.proposal = None;
+        let (g, inc) = (self.generation(), self.incarnation);
+        for to in self.cfg.nodes.clone() {
+            if to != self.id {
+                self.send(to, g, Body::Leave { incarnation: inc });
+            }
+        }
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
+    }
+
     /// Only checks the lease (before acting on a lock message or call).
     pub fn tick_lease(&mut self, now: u64) {
         self.check_lease(now);
@@ -392,7 +419,7 @@ impl Membership {
 
     fn coordinate(&mut self, now: u64) {
         self.started.get_or_insert(now);
-        if !self.settled(now) {
+        if !self.settled(now) || self.leaving {
             return;
         }
         let alive = self.alive(now);
@@ -450,6 +477,7 @@ impl Membership {
             .map_or(0, |a| a.0)
             .max(self.generation());
         if !self.settled(now)
+            || self.leaving
             || generation <= newest
             || !members.contains(&(self.id, self.incarnation))
             || members.iter().any(|m| self.excluded.contains(m))
@@ -502,11 +530,10 @@ impl Membership {
         }
         // Everyone accepted. Wait out a lease if anyone an acceptor may
         // have acknowledged is being dropped.
+        let left = &self.left;
+        let dropped = |m: &(NodeId, u64)| !p.members.contains(m) && !left.contains(m);
         let dropping = p.accepts.values().any(|(prev, com)| {
-            prev.iter().any(|m| !p.members.contains(m))
-                || com
-                    .as_ref()
-                    .is_some_and(|v| v.pairs().iter().any(|m| !p.members.contains(m)))
+            prev.iter().any(dropped) || com.as_ref().is_some_and(|v| v.pairs().iter().any(dropped))
         });
         let t = self.cfg.timing;
         p.commit_at = Some(if dropping {
@@ -614,8 +641,8 @@ impl Membership {
                 );
                 self.max_generation = self.max_generation.max(msg.generation);
                 let g = self.generation();
-                if !self.settled(now) {
-                    // Listening only.
+                if !self.settled(now) || self.leaving {
+                    // Listening only (or gone).
                 } else if self.excluded.contains(&(from, incarnation)) {
                     self.send(from, g, Body::Excluded { incarnation });
                 } else if self
@@ -641,6 +668,9 @@ impl Membership {
                         self.lease_until = Some(self.lease_until.map_or(until, |t| t.max(until)));
                     }
                 }
+            }
+            Body::Leave { incarnation } => {
+                self.left.insert((from, incarnation));
             }
             Body::Excluded { incarnation } if incarnation == self.incarnation => {
                 self.lose(

@@ -82,9 +82,11 @@ impl Node {
             Body::Heartbeat { .. }
             | Body::HeartbeatAck { .. }
             | Body::Excluded { .. }
+            | Body::Leave { .. }
             | Body::Propose { .. }
             | Body::Accept { .. }
             | Body::Commit { .. } => self.member.receive(now, msg),
+            _ if self.member.is_leaving() => {}
             _ => {
                 // The lease first: a grant arriving after it ran out must
                 // not be believed.
@@ -128,6 +130,9 @@ impl Node {
         flags: Flags,
         timeout: Option<u64>,
     ) -> Result<u64, LockError> {
+        if self.member.is_leaving() {
+            return Err(LockError::Invalid(format!("node {} has left", self.id())));
+        }
         self.member.tick_lease(now);
         self.pump(now);
         self.ls.tick(now);
@@ -185,6 +190,22 @@ impl Node {
         let r = self.ls.cancel(lkid);
         self.pump(now);
         r
+    }
+
+    /// Leaves the cluster cleanly: refused while this node has locks
+    /// (release them first); afterwards the node takes no lock traffic and
+    /// the others drop it without waiting out its lease.
+    pub fn leave(&mut self, now: u64) -> Result<(), LockError> {
+        if self.ls.lock_count() > 0 {
+            return Err(LockError::Invalid(format!(
+                "node {} still has {} locks; release them before leaving",
+                self.id(),
+                self.ls.lock_count()
+            )));
+        }
+        self.member.leave();
+        self.pump(now);
+        Ok(())
     }
 
     /// See [`Lockspace::set_recovery_hold`]; kept across lost leases.

@@ -154,6 +154,16 @@ pub fn new_incarnation() -> u64 {
     (nanos ^ (u64::from(std::process::id()) << 48)).max(1)
 }
 
+/// The lowest generation a starting node may propose: wall-clock seconds,
+/// so that a cluster restarted after every node went down never reuses a
+/// generation (and so a fencing token) of its previous life.
+pub fn generation_floor_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().min(u64::from(u32::MAX / 2)) as u32)
+        .unwrap_or(0)
+}
+
 struct LinkSlot {
     id: LinkId,
     writer: mpsc::UnboundedSender<Vec<u8>>,

@@ -106,6 +106,11 @@ pub enum Body {
         incarnation: u64,
     },
     /// "This incarnation of you was excluded; start over as a new one."
+    /// "This incarnation of me leaves: it holds no locks and will act on
+    /// none, so it may be dropped without waiting out its lease."
+    Leave {
+        incarnation: u64,
+    },
     Excluded {
         incarnation: u64,
     },
@@ -426,6 +431,7 @@ fn type_of(b: &Body) -> u8 {
         Body::Heartbeat { .. } => 11,
         Body::HeartbeatAck { .. } => 12,
         Body::Excluded { .. } => 13,
+        Body::Leave { .. } => 26,
         Body::Propose { .. } => 14,
         Body::Accept { .. } => 15,
         Body::Commit { .. } => 16,
@@ -592,7 +598,7 @@ impl Message {
                 w.u64(*hb);
                 w.u64(*incarnation);
             }
-            Body::Excluded { incarnation } => w.u64(*incarnation),
+            Body::Excluded { incarnation } | Body::Leave { incarnation } => w.u64(*incarnation),
             Body::Propose { members } => w.ids(members),
             Body::Accept {
                 incarnation,
@@ -761,6 +767,9 @@ impl Message {
             },
             12 => Body::HeartbeatAck {
                 hb: r.u64()?,
+                incarnation: r.u64()?,
+            },
+            26 => Body::Leave {
                 incarnation: r.u64()?,
             },
             13 => Body::Excluded {

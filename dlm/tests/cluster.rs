@@ -302,6 +302,27 @@ fn locks_of_a_dead_client_or_a_dead_node_are_released() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A node stopped with SIGTERM leaves cleanly: the others drop it
+    // without waiting for the failure timeout and the lease.
+    let n2 = c.nodes[1].take().expect("node 2 runs");
+    let stopped = Instant::now();
+    // SAFETY: kill(2) on a child this test started, by its PID.
+    let rc = unsafe { libc::kill(n2.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    c.others.push(n2);
+    let old = c.others.len() - 1;
+    c.wait_members(1, &[1, 3], Duration::from_secs(10));
+    eprintln!(
+        "clean leave: node 2 dropped after {:?} (a killed node needs failure timeout + lease)",
+        stopped.elapsed()
+    );
+    // It exits by itself (0) once its connections have drained; only then
+    // is its address free for the next run of node 2.
+    assert_eq!(c.wait_other(old, Duration::from_secs(20)), 0);
+    let n2 = c.spawn_node(2);
+    c.nodes[1] = Some(n2);
+    c.wait_members(1, &[1, 2, 3], Duration::from_secs(30));
+
     // A node killed while one of its clients holds a lock: the survivors
     // notice, wait out its lease, and grant the lock again.
     let held = c.path("held-b");
@@ -341,7 +362,7 @@ fn bad_requests_get_clear_errors() {
     c.wait_members(1, &[1], Duration::from_secs(30));
     let out = c.rdlm(1, &["lock", "x", "--mode", "XX", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mode"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown lock mode"));
     let long = "n".repeat(65);
     let out = c.rdlm(1, &["lock", &long, "--", "true"]);
     assert_eq!(out.status.code(), Some(2));

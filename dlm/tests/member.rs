@@ -204,3 +204,28 @@ fn bad_configurations_are_refused() {
     };
     assert!(fast.validate(1).is_err());
 }
+
+#[test]
+fn a_node_that_leaves_cleanly_is_dropped_without_waiting_out_its_lease() {
+    let mut net = Net::new(5, false);
+    net.run(400);
+    assert_eq!(net.view(1).unwrap().ids(), [1, 2, 3, 4, 5]);
+    let left_at = net.now;
+    net.nodes[3].leave();
+    net.run(300);
+    let dropped = net
+        .events
+        .iter()
+        .find(|(t, id, e)| {
+            *t >= left_at
+                && *id == 1
+                && matches!(e, MemberEvent::Committed { departed, .. } if departed.iter().any(|m| m.id == 4))
+        })
+        .map(|(t, ..)| *t)
+        .expect("node 4 was dropped");
+    assert!(
+        dropped < left_at + T.failure_timeout,
+        "dropped at {dropped}, left at {left_at}: it should not need the failure timeout nor the lease"
+    );
+    assert_eq!(net.view(1).unwrap().ids(), [1, 2, 3, 5]);
+}

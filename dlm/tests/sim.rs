@@ -93,6 +93,7 @@ struct Sim {
     noexp: BTreeSet<(u32, u64)>,
     releases: u64,
     deadlocks: u64,
+    leaves: u64,
 }
 
 impl Sim {
@@ -134,6 +135,7 @@ impl Sim {
             noexp: BTreeSet::new(),
             releases: 0,
             deadlocks: 0,
+            leaves: 0,
         }
     }
 
@@ -419,7 +421,7 @@ impl Sim {
     fn fault(&mut self) {
         self.faults += 1;
         let n = self.n();
-        let what = self.rng.gen_range(0..6);
+        let what = self.rng.gen_range(0..7);
         let id = self.rng.gen_range(1..=n);
         match what {
             0 if self.nodes[(id - 1) as usize].is_some() => {
@@ -484,11 +486,28 @@ impl Sim {
                     self.cut.insert((id, o));
                 }
             }
-            _ => {
+            5 => {
                 if trace() {
                     eprintln!("[{}] HEAL", self.now);
                 }
                 self.cut.clear();
+            }
+            _ => {
+                // A clean leave, possible only with no locks; the process
+                // then exits (what it sent may still arrive).
+                let now = self.now;
+                let left = self.nodes[(id - 1) as usize]
+                    .as_mut()
+                    .is_some_and(|n| n.leave(now).is_ok());
+                if left {
+                    if trace() {
+                        eprintln!("[{now}] LEAVE node {id}");
+                    }
+                    let _ = self.collect(id);
+                    self.nodes[(id - 1) as usize] = None;
+                    self.net.retain(|(_, to), _| *to != id);
+                    self.leaves += 1;
+                }
             }
         }
     }
@@ -815,6 +834,7 @@ fn simulated_cluster_never_holds_conflicting_locks_and_always_finishes() {
     };
     let (mut ops, mut grants, mut faults, mut views, mut lost, mut releases, mut deadlocks) =
         (0, 0, 0, 0, 0, 0, 0);
+    let mut leaves = 0;
     for seed in &seeds {
         let mut sim = Sim::new(*seed);
         if let Err(e) = sim.run(20_000) {
@@ -827,9 +847,10 @@ fn simulated_cluster_never_holds_conflicting_locks_and_always_finishes() {
         lost += sim.lost;
         releases += sim.releases;
         deadlocks += sim.deadlocks;
+        leaves += sim.leaves;
     }
     eprintln!(
-        "{} seeds: {ops} client operations, {grants} grants, {faults} faults, {views} views committed, {lost} leases lost, {releases} recovery holds released, {deadlocks} deadlocks broken",
+        "{} seeds: {ops} client operations, {grants} grants, {faults} faults, {views} views committed, {lost} leases lost, {releases} recovery holds released, {deadlocks} deadlocks broken, {leaves} clean leaves",
         seeds.len()
     );
 }
