@@ -1061,7 +1061,11 @@ impl Driver {
 
     fn membership(&mut self, e: MemberEvent) {
         match e {
-            MemberEvent::Committed { view, departed } => {
+            MemberEvent::Committed {
+                view,
+                departed,
+                left,
+            } => {
                 info!(
                     node = self.me,
                     generation = view.generation,
@@ -1073,7 +1077,8 @@ impl Driver {
                     generation: view.generation,
                     departed: departed.clone(),
                 });
-                for m in &departed {
+                // A node that left cleanly has nothing to recover.
+                for m in departed.iter().filter(|m| !left.contains(m)) {
                     self.event(DlmEvent::RecoverSlot {
                         node: m.id,
                         incarnation: m.incarnation,

@@ -469,11 +469,16 @@ impl Daemon {
 
     fn membership(&mut self, e: MemberEvent) {
         match e {
-            MemberEvent::Committed { view, departed } => {
+            MemberEvent::Committed {
+                view,
+                departed,
+                left,
+            } => {
                 info!(
                     generation = view.generation,
                     members = ?view.ids(),
                     departed = ?departed.iter().map(|m| (m.id, m.slot)).collect::<Vec<_>>(),
+                    left_cleanly = ?left.iter().map(|m| m.id).collect::<Vec<_>>(),
                     "membership committed"
                 );
             }

@@ -869,8 +869,10 @@ impl Lockspace {
     }
 
     /// Starts a new view; see `recover.rs`.
-    pub fn recover(&mut self, view: &View, departed: &[NodeId]) {
-        self.begin_recovery(view, departed);
+    /// `left`: those of `departed` that left cleanly (no recovery hold for
+    /// them: they held nothing).
+    pub fn recover(&mut self, view: &View, departed: &[NodeId], left: &[NodeId]) {
+        self.begin_recovery(view, departed, left);
     }
 
     /// A message from a peer.

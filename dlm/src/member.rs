@@ -165,7 +165,13 @@ pub enum MemberEvent {
     /// A new view is in force. `departed`: members of the previous view
     /// this node knew that are not in this one (by id and incarnation),
     /// with their slots — the journals a survivor must recover.
-    Committed { view: View, departed: Vec<Member> },
+    /// `left`: those of `departed` that left cleanly (they held no locks,
+    /// so there is nothing of theirs to recover).
+    Committed {
+        view: View,
+        departed: Vec<Member>,
+        left: Vec<Member>,
+    },
     /// The lease ran out, or this incarnation was excluded: every lock this
     /// node believed it held is gone. It goes on as `incarnation`.
     Lost { incarnation: u64, reason: String },
@@ -598,7 +604,7 @@ impl Membership {
             return;
         }
         self.max_generation = self.max_generation.max(view.generation);
-        let departed = self
+        let departed: Vec<Member> = self
             .committed
             .as_ref()
             .map(|old| {
@@ -617,9 +623,15 @@ impl Membership {
             self.accepted = Some((view.generation, view.pairs()));
         }
         self.committed = Some(view.clone());
+        let left = departed
+            .iter()
+            .filter(|m: &&Member| self.left.contains(&(m.id, m.incarnation)))
+            .cloned()
+            .collect();
         self.out.push(MemberOutput::Event(MemberEvent::Committed {
             view,
             departed,
+            left,
         }));
     }
 

@@ -235,9 +235,14 @@ impl Node {
                 MemberOutput::Send { to, msg } => self.out.push(Output::Send { to, msg }),
                 MemberOutput::Event(e) => {
                     match &e {
-                        MemberEvent::Committed { view, departed } => {
+                        MemberEvent::Committed {
+                            view,
+                            departed,
+                            left,
+                        } => {
                             let ids: Vec<NodeId> = departed.iter().map(|m| m.id).collect();
-                            self.ls.recover(view, &ids);
+                            let clean: Vec<NodeId> = left.iter().map(|m| m.id).collect();
+                            self.ls.recover(view, &ids, &clean);
                         }
                         MemberEvent::Lost { .. } => {
                             // Whatever the old lockspace still wanted to say

@@ -94,7 +94,7 @@ impl Lockspace {
         })
     }
 
-    pub(crate) fn begin_recovery(&mut self, view: &View, departed: &[NodeId]) {
+    pub(crate) fn begin_recovery(&mut self, view: &View, departed: &[NodeId], left: &[NodeId]) {
         assert!(
             view.generation > self.generation,
             "view {} is not newer than {}",
@@ -104,8 +104,10 @@ impl Lockspace {
         assert!(view.member(self.id).is_some(), "view without this node");
         self.stats.recoveries += 1;
         let departed: BTreeSet<NodeId> = departed.iter().copied().collect();
+        // Departed without a clean leave: their recovery is the user's.
         let gone_incarnations: Vec<(NodeId, u64)> = departed
             .iter()
+            .filter(|d| !left.contains(d))
             .filter_map(|d| self.incarnations.get(d).map(|i| (*d, i.0)))
             .collect();
         self.generation = view.generation;

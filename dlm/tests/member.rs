@@ -228,4 +228,9 @@ fn a_node_that_leaves_cleanly_is_dropped_without_waiting_out_its_lease() {
         "dropped at {dropped}, left at {left_at}: it should not need the failure timeout nor the lease"
     );
     assert_eq!(net.view(1).unwrap().ids(), [1, 2, 3, 5]);
+    assert!(
+        net.events.iter().any(|(_, id, e)| *id == 1
+            && matches!(e, MemberEvent::Committed { left, .. } if left.iter().any(|m| m.id == 4))),
+        "node 4 is reported as having left cleanly"
+    );
 }
