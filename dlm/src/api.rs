@@ -195,6 +195,7 @@ type Reply<T> = oneshot::Sender<Result<T, DlmError>>;
 
 enum Cmd {
     Lock {
+        owner: u64,
         name: Vec<u8>,
         mode: Mode,
         flags: Flags,
@@ -267,6 +268,7 @@ impl Dlm {
         )
         .map_err(setup)?;
         node.set_recovery_hold(opts.recovery_hold);
+        node.set_deadlock_detection((cluster.heartbeat_ms * 5).max(100));
         let (transport, incoming) = Transport::start(&cluster, me, incarnation)
             .await
             .map_err(|e| setup(e.to_string()))?;
@@ -345,11 +347,29 @@ impl Dlm {
         lvb: bool,
         timeout: Option<Duration>,
     ) -> Result<Grant, DlmError> {
+        self.lock_as(0, name, mode, flags, lvb, timeout).await
+    }
+
+    /// [`lock`](Dlm::lock) on behalf of `owner`, a transaction of this node
+    /// that may hold some locks while it waits for others (e.g. one file
+    /// system operation): deadlock detection follows owners' waits across
+    /// resources and nodes and fails one request of a cycle with
+    /// `DeadlockCycle`. Owner 0 is the lock alone.
+    pub async fn lock_as(
+        &self,
+        owner: u64,
+        name: &[u8],
+        mode: Mode,
+        flags: Flags,
+        lvb: bool,
+        timeout: Option<Duration>,
+    ) -> Result<Grant, DlmError> {
         let owned = name.to_vec();
         self.call(
             timeout,
             || self.ctx(name, None),
             |reply| Cmd::Lock {
+                owner,
                 name: owned,
                 mode,
                 flags,
@@ -537,6 +557,20 @@ impl BlockingDlm {
     ) -> Result<Grant, DlmError> {
         self.handle
             .block_on(self.dlm.lock(name, mode, flags, lvb, timeout))
+    }
+
+    /// See [`Dlm::lock_as`].
+    pub fn lock_as(
+        &self,
+        owner: u64,
+        name: &[u8],
+        mode: Mode,
+        flags: Flags,
+        lvb: bool,
+        timeout: Option<Duration>,
+    ) -> Result<Grant, DlmError> {
+        self.handle
+            .block_on(self.dlm.lock_as(owner, name, mode, flags, lvb, timeout))
     }
 
     pub fn convert(
@@ -727,6 +761,7 @@ impl Driver {
         let now = self.now();
         match cmd {
             Cmd::Lock {
+                owner,
                 name,
                 mode,
                 flags,
@@ -742,7 +777,7 @@ impl Driver {
                 if t.is_some() {
                     f = f | Flags::TIMEOUT;
                 }
-                match self.node.lock_for(now, &name, mode, f, t) {
+                match self.node.lock_as(now, owner, &name, mode, f, t) {
                     Ok(core) => {
                         let id = self.next_id;
                         self.next_id += 1;

@@ -351,3 +351,70 @@ fn blocking_wrapper_from_many_threads() {
         let _ = timeout(LONG, nodes[2].0.leave()).await;
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_across_nodes_fails_one_request_and_the_other_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = cluster(&dir);
+    let nodes = start3(&cfg, false).await;
+    let (n1, n2) = (nodes[0].0.clone(), nodes[1].0.clone());
+    let a = timeout(
+        LONG,
+        n1.lock_as(11, b"dx", Mode::EX, Flags::NONE, false, None),
+    )
+    .await
+    .expect("bounded")
+    .expect("x");
+    let b = timeout(
+        LONG,
+        n2.lock_as(22, b"dy", Mode::EX, Flags::NONE, false, None),
+    )
+    .await
+    .expect("bounded")
+    .expect("y");
+    // Each owner now waits for what the other holds.
+    let w1 = tokio::spawn({
+        let n1 = n1.clone();
+        async move {
+            n1.lock_as(11, b"dy", Mode::EX, Flags::NONE, false, None)
+                .await
+        }
+    });
+    let w2 = tokio::spawn({
+        let n2 = n2.clone();
+        async move {
+            n2.lock_as(22, b"dx", Mode::EX, Flags::NONE, false, None)
+                .await
+        }
+    });
+    // One of them is chosen as the victim within a few detection rounds.
+    let (first, victim_is_1) = tokio::select! {
+        r = w1 => (r.expect("join"), true),
+        r = w2 => (r.expect("join"), false),
+        _ = tokio::time::sleep(LONG) => panic!("no deadlock victim within {LONG:?}"),
+    };
+    let e = first.expect_err("the victim's request fails");
+    assert!(
+        matches!(e, DlmError::DeadlockCycle { ref cycle, .. } if cycle.len() == 2),
+        "{e}"
+    );
+    assert!(e.to_string().contains("cycle"), "{e}");
+    // The victim's owner lets go of what it holds; the other goes ahead.
+    if victim_is_1 {
+        n1.unlock(a.lkid, None).await.expect("unlock x");
+    } else {
+        n2.unlock(b.lkid, None).await.expect("unlock y");
+    }
+    let other = if victim_is_1 { n2.clone() } else { n1.clone() };
+    timeout(LONG, async {
+        loop {
+            let s = other.status().await.expect("status");
+            if s.locks == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the other owner got its second lock");
+}
