@@ -135,7 +135,7 @@ impl Node {
         }
         self.member.tick_lease(now);
         self.pump(now);
-        self.ls.tick(now);
+        self.ls.set_clock(now);
         let r = self.ls.lock_as(owner, name, mode, flags, timeout);
         self.pump(now);
         r
@@ -164,7 +164,7 @@ impl Node {
     ) -> Result<(), LockError> {
         self.member.tick_lease(now);
         self.pump(now);
-        self.ls.tick(now);
+        self.ls.set_clock(now);
         let r = self.ls.convert_for(lkid, mode, flags, lvb, timeout);
         self.pump(now);
         r
