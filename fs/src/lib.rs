@@ -1,9 +1,34 @@
-//! rdlmfs — the file system.
+//! rdlmfs: the file system.
 //!
-//! This crate owns the on-disk format ([`format`]) and will own the journal,
-//! glocks on the DLM, the block and inode caches and the FUSE adapter. It
-//! reaches the shared disk only through `blockdev::BlockDevice` and other
-//! nodes only through `rdlm`. Today only the on-disk format is built; the
-//! tools in `rdlmfs-mkfs` (mkfs.rdlmfs, later fsck.rdlmfs) use its types.
+//! - [`format`]: the on-disk format (byte layout, checksums, versions);
+//! - [`buf`]: metadata block cache and the running transaction;
+//! - [`log`]: the journal writer; [`recovery`]: finding a journal's head
+//!   and replaying it;
+//! - [`rgrp`]: the block allocator; [`bmap`]: pointer trees;
+//!   [`inode`]: inodes and file contents; [`dir`]: directories;
+//!   [`xattr`]: extended attributes; [`acl`]: POSIX ACLs and permission
+//!   checks;
+//! - [`glock`]: the lock interface every lock goes through (`lock_nolock`
+//!   here; DLM glocks in the cluster);
+//! - [`mount`]: the mounted file system, commit policy, unmount;
+//! - [`ops`]: the POSIX operations (what FUSE calls);
+//! - [`fuse`]: the FUSE adapter.
 
+pub mod acl;
+pub mod bmap;
+pub mod buf;
+pub mod dir;
+pub mod error;
 pub mod format;
+pub mod fuse;
+pub mod glock;
+pub mod inode;
+pub mod log;
+pub mod mount;
+pub mod ops;
+pub mod recovery;
+pub mod rgrp;
+pub mod xattr;
+
+pub use error::{FsError, Result};
+pub use mount::{AtimeMode, Fs, MountOptions};

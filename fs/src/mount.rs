@@ -1,0 +1,594 @@
+//! The mounted file system: what `mount` builds and `unmount` takes apart,
+//! and the commit policy that joins the buffer cache to the log.
+//!
+//! Owns: the [`Fs`] value (device, superblock, caches, log, allocator,
+//! glocks), checking a device before anything is written, replaying this
+//! node's journal, finishing what a crash left (the unlinked list), group
+//! commit (many operations per transaction; fsync commits), checkpoints,
+//! the statfs files, and a clean unmount. May not touch: the POSIX meaning
+//! of operations (`ops.rs`), FUSE (`fuse.rs`).
+//!
+//! All methods take `&mut self`: the FUSE adapter serialises operations on
+//! one node with a mutex. That is the simplest correct choice; glocks are
+//! still taken per inode so the cluster can coordinate nodes.
+
+use crate::buf::BufCache;
+use crate::error::{FsError, Result};
+use crate::format::io::{self, IoError};
+use crate::format::journal::StatfsDelta;
+use crate::format::rgrp::{decode_rindex, BlockState};
+use crate::format::superblock::{LockProto, Superblock, INCOMPAT_KNOWN};
+use crate::format::sysfile::{self, StatfsRecord};
+use crate::format::{Dinode, DinodeFlags, Geometry};
+use crate::glock::{GlockMode, GlockName, Glocks, LockProtocol, Nolock};
+use crate::log::{Log, LogPosition};
+use crate::recovery::{self, JournalExtent, ReplayReport};
+use crate::rgrp::Rgrps;
+use blockdev::BlockDevice;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// When access times are updated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtimeMode {
+    Noatime,
+    /// Only when atime is older than mtime/ctime or a day old (Linux's
+    /// default).
+    Relatime,
+    Strictatime,
+}
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub read_only: bool,
+    pub atime: AtimeMode,
+    /// Metadata blocks kept in the cache.
+    pub cache_blocks: usize,
+    /// Decoded inodes kept in memory.
+    pub cache_inodes: usize,
+    /// Journal to use (node slot); 0 with lock_nolock.
+    pub jid: u32,
+    /// Commit the running transaction at least this often.
+    pub commit_interval: Duration,
+    /// Allow mounting a lock_dlm file system with lock_nolock (for tools
+    /// and tests on a single node; dangerous if others have it mounted).
+    pub force_nolock: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> MountOptions {
+        MountOptions {
+            read_only: false,
+            atime: AtimeMode::Relatime,
+            cache_blocks: 16384,
+            cache_inodes: 65536,
+            jid: 0,
+            commit_interval: Duration::from_secs(5),
+            force_nolock: false,
+        }
+    }
+}
+
+/// The system inodes the mount uses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SysInodes {
+    pub master: u64,
+    pub statfs: u64,
+    pub statfs_change: u64,
+    pub unlinked: u64,
+    pub journal: u64,
+}
+
+/// What `df` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statfs {
+    pub block_size: u32,
+    pub total: u64,
+    pub free: u64,
+    pub dinodes: u64,
+}
+
+/// What mounting did (for logs and tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MountReport {
+    pub replay: ReplayReport,
+    /// Unlinked inodes left by a crash that the mount freed.
+    pub orphans_freed: u64,
+}
+
+pub struct Fs {
+    pub(crate) dev: Arc<dyn BlockDevice>,
+    pub(crate) sb: Superblock,
+    pub(crate) geo: Geometry,
+    pub(crate) cache: BufCache,
+    pub(crate) log: Option<Log>,
+    pub(crate) rgrps: Rgrps,
+    pub(crate) glocks: Glocks,
+    pub(crate) inodes: HashMap<u64, Dinode>,
+    /// Open handles per inode (an unlinked inode is freed when this drops
+    /// to zero).
+    pub(crate) opens: HashMap<u64, u32>,
+    /// Inodes with no links that are still open, listed in our unlinked
+    /// file so a crash cannot leak them.
+    pub(crate) unlinked: BTreeSet<u64>,
+    pub(crate) opts: MountOptions,
+    pub(crate) sys: SysInodes,
+    /// The statfs change last written to our statfs_change file.
+    written_delta: StatfsDelta,
+    /// statfs_change as found at mount (earlier sessions' unfolded changes).
+    base_delta: StatfsDelta,
+    last_commit: Instant,
+    withdrawn: bool,
+    pub(crate) report: MountReport,
+}
+
+fn refuse(dev: &dyn BlockDevice, detail: String) -> FsError {
+    FsError::Corrupt {
+        device: dev.name().to_string(),
+        detail,
+    }
+}
+
+impl Fs {
+    /// Mounts with `lock_nolock` (one node).
+    pub fn mount(dev: Arc<dyn BlockDevice>, opts: MountOptions) -> Result<Fs> {
+        Fs::mount_with(dev, opts, Box::new(Nolock))
+    }
+
+    /// Mounts with the given lock module. Checks the superblock and the
+    /// system files before writing anything; replays this node's journal
+    /// if it is dirty; frees inodes a crash left on the unlinked list.
+    pub fn mount_with(
+        dev: Arc<dyn BlockDevice>,
+        opts: MountOptions,
+        proto: Box<dyn LockProtocol>,
+    ) -> Result<Fs> {
+        let sb = io::read_superblock(&*dev)?;
+        if sb.incompat & !INCOMPAT_KNOWN != 0 {
+            return Err(refuse(
+                &*dev,
+                format!("unknown incompatible features {:#x}", sb.incompat),
+            ));
+        }
+        if sb.unknown_ro_compat() != 0 && !opts.read_only {
+            return Err(refuse(
+                &*dev,
+                format!(
+                    "unknown read-only-compatible features {:#x}: mount read-only",
+                    sb.unknown_ro_compat()
+                ),
+            ));
+        }
+        if proto.name() == "lock_nolock" && sb.lock_proto == LockProto::Dlm && !opts.force_nolock
+        {
+            return Err(refuse(
+                &*dev,
+                "the file system uses lock_dlm (it may be mounted on other nodes); mount it through the cluster, or force lock_nolock if no other node has it mounted".into(),
+            ));
+        }
+        if opts.jid >= sb.journals {
+            return Err(refuse(
+                &*dev,
+                format!("journal {} does not exist ({} journals)", opts.jid, sb.journals),
+            ));
+        }
+        let geo = sb.geometry();
+        let needed = sb.total_blocks.saturating_mul(u64::from(sb.block_size));
+        if dev.size() < needed {
+            return Err(refuse(
+                &*dev,
+                format!(
+                    "the device has {} bytes, the file system needs {needed}: truncated device?",
+                    dev.size()
+                ),
+            ));
+        }
+        io::check_block_size(&*dev, sb.block_size)?;
+        let mut fs = Fs {
+            cache: BufCache::new(geo, opts.cache_blocks),
+            dev,
+            sb,
+            geo,
+            log: None,
+            rgrps: Rgrps::new(Vec::new(), opts.jid),
+            glocks: Glocks::new(proto),
+            inodes: HashMap::new(),
+            opens: HashMap::new(),
+            unlinked: BTreeSet::new(),
+            sys: SysInodes::default(),
+            written_delta: StatfsDelta::default(),
+            base_delta: StatfsDelta::default(),
+            last_commit: Instant::now(),
+            withdrawn: false,
+            report: MountReport::default(),
+            opts,
+        };
+        fs.sys.master = fs.sb.master_dir;
+        // Our journal first: nothing else may be read before it is replayed.
+        let jid = fs.opts.jid;
+        fs.glocks
+            .hold(GlockName::journal(jid), GlockMode::Exclusive)?;
+        let jindex = fs.sb.jindex;
+        let jino = fs.sys_lookup(jindex, &sysfile::journal_name(jid))?;
+        let extent = fs.journal_extent(jid, jino)?;
+        let replay = recovery::replay(&*fs.dev, geo, extent, fs.opts.read_only)?;
+        if replay.was_dirty && fs.opts.read_only {
+            return Err(refuse(
+                &*fs.dev,
+                format!("journal {jid} needs replay, which a read-only mount cannot do; mount read-write once"),
+            ));
+        }
+        // Replay wrote in place behind the cache's back.
+        fs.cache = BufCache::new(geo, fs.opts.cache_blocks);
+        fs.inodes.clear();
+        fs.report.replay = replay;
+        fs.sys.journal = jino;
+        let rindex_bytes = fs.jdata_read_all(fs.sb.rindex)?;
+        let rindex = decode_rindex(&geo, fs.sb.rindex, &rindex_bytes)?;
+        if rindex.len() != fs.sb.rgrps as usize {
+            return Err(refuse(
+                &*fs.dev,
+                format!(
+                    "the rindex has {} entries, the superblock says {} rgrps",
+                    rindex.len(),
+                    fs.sb.rgrps
+                ),
+            ));
+        }
+        fs.rgrps = Rgrps::new(rindex, jid);
+        let master = fs.sb.master_dir;
+        let per_node = fs.sys_lookup(master, sysfile::PER_NODE)?;
+        fs.sys.statfs = fs.sys_lookup(master, sysfile::STATFS)?;
+        fs.sys.statfs_change = fs.sys_lookup(per_node, &sysfile::statfs_change_name(jid))?;
+        fs.sys.unlinked = fs.sys_lookup(per_node, &sysfile::unlinked_name(jid))?;
+        let ch = fs.jdata_read_all(fs.sys.statfs_change)?;
+        fs.base_delta = sysfile::decode_statfs_change(fs.sys.statfs_change, &ch)?;
+        fs.written_delta = fs.base_delta;
+        if let Some(pos) = replay.position {
+            fs.log = Some(Log::new(geo, jid, extent.start, extent.len, pos));
+        } else if !fs.opts.read_only {
+            return Err(refuse(&*fs.dev, "journal position unknown after replay".into()));
+        }
+        if !fs.opts.read_only {
+            fs.report.orphans_freed = fs.free_orphans()?;
+            fs.commit()?;
+        }
+        tracing::info!(
+            device = fs.dev.name(),
+            jid,
+            read_only = fs.opts.read_only,
+            lock = fs.glocks.protocol(),
+            replayed = replay.transactions,
+            orphans = fs.report.orphans_freed,
+            "mounted"
+        );
+        Ok(fs)
+    }
+
+    pub fn report(&self) -> MountReport {
+        self.report
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    pub fn device(&self) -> &Arc<dyn BlockDevice> {
+        &self.dev
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.opts.read_only
+    }
+
+    /// Looks a system file up by name (the system tree has no hashed
+    /// directories larger than a few entries, but lookup handles both).
+    fn sys_lookup(&mut self, dir: u64, name: &str) -> Result<u64> {
+        match self.dir_lookup(dir, name.as_bytes())? {
+            Some((ino, _)) => Ok(ino),
+            None => Err(refuse(
+                &*self.dev,
+                format!("system file {name} is missing from directory {dir}"),
+            )),
+        }
+    }
+
+    fn journal_extent(&mut self, jid: u32, jino: u64) -> Result<JournalExtent> {
+        let di = self.dinode(jino)?;
+        let bs = u64::from(self.geo.block_size);
+        let len = di.size / bs;
+        if di.is_jdata() || di.size % bs != 0 || !(8..=u64::from(u32::MAX)).contains(&len) {
+            return Err(refuse(
+                &*self.dev,
+                format!("journal{jid} (inode {jino}) has a bad size or flags"),
+            ));
+        }
+        let Some(start) = self.map_block(jino, &di, 0)? else {
+            return Err(refuse(&*self.dev, format!("journal{jid} has no first block")));
+        };
+        for l in 1..len {
+            if self.map_block(jino, &di, l)? != Some(start + l) {
+                return Err(refuse(
+                    &*self.dev,
+                    format!("journal{jid} (inode {jino}) is not one contiguous run"),
+                ));
+            }
+        }
+        Ok(JournalExtent {
+            jid,
+            start,
+            len: len as u32,
+        })
+    }
+
+    /// Frees the inodes on our unlinked list (open at a crash; nobody has
+    /// them open now).
+    fn free_orphans(&mut self) -> Result<u64> {
+        let bytes = self.jdata_read_all(self.sys.unlinked)?;
+        let list = sysfile::decode_unlinked(&self.geo, self.sys.unlinked, &bytes)?;
+        let mut n = 0;
+        for ino in list.into_iter().filter(|i| *i != 0) {
+            match self.rgrps.state(&mut self.cache, &*self.dev, ino)? {
+                Some(BlockState::Unlinked) => {
+                    self.unlinked.insert(ino);
+                    self.destroy_inode(ino)?;
+                    n += 1;
+                    self.maybe_commit()?;
+                }
+                other => {
+                    tracing::warn!(ino, state = ?other, "unlinked list names a block that is not an unlinked dinode; dropping the entry");
+                }
+            }
+        }
+        self.write_unlinked_list()?;
+        Ok(n)
+    }
+
+    /// Rewrites our unlinked file from [`Fs::unlinked`].
+    pub(crate) fn write_unlinked_list(&mut self) -> Result<()> {
+        let list: Vec<u64> = self.unlinked.iter().copied().collect();
+        let bytes = sysfile::encode_unlinked(&list);
+        let ino = self.sys.unlinked;
+        self.jdata_replace(ino, &bytes)
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.withdrawn {
+            return Err(FsError::Withdrawn {
+                device: self.dev.name().to_string(),
+            });
+        }
+        if self.opts.read_only {
+            return Err(FsError::Errno(libc::EROFS));
+        }
+        Ok(())
+    }
+
+    /// Called before an operation that changes anything.
+    pub(crate) fn begin_change(&mut self) -> Result<()> {
+        self.check_writable()
+    }
+
+    /// A fatal error during a change: the running transaction cannot be
+    /// trusted, so nothing more is written (GFS2's "withdraw"). The journal
+    /// keeps the last committed state; a remount replays it.
+    pub(crate) fn withdraw(&mut self, e: &FsError) {
+        if !self.withdrawn {
+            tracing::error!(device = self.dev.name(), error = %e, "withdrawing: no further writes until remount");
+        }
+        self.withdrawn = true;
+    }
+
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn
+    }
+
+    /// Commits if the running transaction is large or old.
+    pub fn maybe_commit(&mut self) -> Result<()> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        let limit = (log.max_transaction() / 4) as usize;
+        if self.cache.dirty_blocks() + self.cache.pending_revokes() >= limit
+            || (self.cache.has_changes() && self.last_commit.elapsed() >= self.opts.commit_interval)
+        {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the running transaction is older than the commit interval.
+    pub fn commit_due(&self) -> bool {
+        self.cache.has_changes() && self.last_commit.elapsed() >= self.opts.commit_interval
+    }
+
+    /// Writes the running transaction to the log and makes it durable
+    /// (fsync, sync, the commit timer, unmount).
+    pub fn commit(&mut self) -> Result<()> {
+        if self.withdrawn {
+            return Err(FsError::Withdrawn {
+                device: self.dev.name().to_string(),
+            });
+        }
+        if self.log.is_none() {
+            return Ok(());
+        }
+        let r = self.commit_inner();
+        if let Err(e) = &r {
+            self.withdraw(e);
+        }
+        r
+    }
+
+    fn commit_inner(&mut self) -> Result<()> {
+        let delta = self.current_delta();
+        if delta != self.written_delta {
+            let bytes = sysfile::encode_statfs_change(&delta);
+            let ino = self.sys.statfs_change;
+            self.jdata_replace(ino, &bytes)?;
+            self.written_delta = delta;
+        }
+        if !self.cache.has_changes() {
+            self.last_commit = Instant::now();
+            return Ok(());
+        }
+        let log = self.log.as_mut().expect("checked");
+        let (images, revokes) = self.cache.transaction();
+        let need = log.blocks_for(images.len(), revokes.len());
+        if need > log.max_transaction() {
+            return Err(FsError::Journal {
+                device: self.dev.name().to_string(),
+                jid: log.jid(),
+                detail: format!(
+                    "a transaction of {need} blocks exceeds the journal ({} blocks)",
+                    log.len()
+                ),
+            });
+        }
+        if need > log.free() {
+            drop(images);
+            self.cache.checkpoint(&*self.dev)?;
+            let log = self.log.as_mut().expect("checked");
+            log.checkpointed();
+        }
+        let log = self.log.as_mut().expect("checked");
+        let (images, revokes) = self.cache.transaction();
+        log.commit(&*self.dev, &images, &revokes, delta)?;
+        drop(images);
+        self.cache.committed();
+        self.rgrps.committed();
+        self.last_commit = Instant::now();
+        // Keep the AIL (memory that cannot be evicted) bounded.
+        if self.cache.ail_blocks() > self.opts.cache_blocks / 2 {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Writes every committed block in place and moves the log tail.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        if let Some(log) = self.log.as_mut() {
+            self.cache.checkpoint(&*self.dev)?;
+            log.checkpointed();
+        }
+        Ok(())
+    }
+
+    fn current_delta(&self) -> StatfsDelta {
+        let d = self.rgrps.delta();
+        StatfsDelta {
+            total: self.base_delta.total + d.total,
+            free: self.base_delta.free + d.free,
+            dinodes: self.base_delta.dinodes + d.dinodes,
+        }
+    }
+
+    /// What `df` shows: the master statfs plus every node's unfolded
+    /// changes (with one node, ours).
+    pub fn statfs(&mut self) -> Result<Statfs> {
+        let bytes = self.jdata_read_all(self.sys.statfs)?;
+        let rec = StatfsRecord::decode(self.sys.statfs, &bytes)?;
+        let d = self.current_delta();
+        let add = |v: u64, d: i64| u64::try_from(i128::from(v) + i128::from(d)).unwrap_or(0);
+        Ok(Statfs {
+            block_size: self.geo.block_size,
+            total: add(rec.total, d.total),
+            free: add(rec.free, d.free),
+            dinodes: add(rec.dinodes, d.dinodes),
+        })
+    }
+
+    /// Folds our statfs changes into the master statfs file (one
+    /// transaction, so the sum never changes).
+    fn fold_statfs(&mut self) -> Result<()> {
+        let d = self.current_delta();
+        if d == StatfsDelta::default() {
+            return Ok(());
+        }
+        let bytes = self.jdata_read_all(self.sys.statfs)?;
+        let rec = StatfsRecord::decode(self.sys.statfs, &bytes)?;
+        let add = |v: u64, d: i64| u64::try_from(i128::from(v) + i128::from(d)).unwrap_or(0);
+        let new = StatfsRecord {
+            total: add(rec.total, d.total),
+            free: add(rec.free, d.free),
+            dinodes: add(rec.dinodes, d.dinodes),
+        };
+        let ino = self.sys.statfs;
+        self.jdata_replace(ino, &new.encode())?;
+        self.rgrps.folded();
+        self.base_delta = StatfsDelta::default();
+        let ino = self.sys.statfs_change;
+        self.jdata_replace(ino, &sysfile::encode_statfs_change(&StatfsDelta::default()))?;
+        self.written_delta = StatfsDelta::default();
+        Ok(())
+    }
+
+    /// Flushes everything and leaves the journal clean: commit, fold
+    /// statfs, checkpoint, CLEAN log header, flush. Open unlinked files are
+    /// freed as if closed.
+    pub fn unmount(mut self) -> Result<()> {
+        if self.log.is_none() || self.withdrawn {
+            let _ = self.glocks.release_all();
+            return if self.withdrawn {
+                Err(FsError::Withdrawn {
+                    device: self.dev.name().to_string(),
+                })
+            } else {
+                Ok(())
+            };
+        }
+        let open: Vec<u64> = self.unlinked.iter().copied().collect();
+        for ino in open {
+            self.opens.remove(&ino);
+            self.destroy_inode(ino)?;
+            self.maybe_commit()?;
+        }
+        self.write_unlinked_list()?;
+        self.fold_statfs()?;
+        self.commit()?;
+        self.checkpoint()?;
+        let log = self.log.as_mut().expect("checked");
+        log.write_header(
+            &*self.dev,
+            crate::format::journal::lh_flags::CLEAN,
+            StatfsDelta::default(),
+        )?;
+        self.dev.flush().map_err(IoError::Device)?;
+        self.glocks.release_all()?;
+        tracing::info!(device = self.dev.name(), "unmounted cleanly");
+        Ok(())
+    }
+
+    /// Log position (tests).
+    pub fn log_position(&self) -> Option<LogPosition> {
+        self.log.as_ref().map(|l| l.position())
+    }
+
+    /// Counters for `rdlmfs status` and tests.
+    pub fn stats(&self) -> FsStats {
+        FsStats {
+            cache: self.cache.stats(),
+            cached_blocks: self.cache.cached_blocks(),
+            cached_inodes: self.inodes.len(),
+            glocks: self.glocks.stats(),
+            glocks_held: self.glocks.held(),
+            log: self.log.as_ref().map(|l| l.stats()).unwrap_or_default(),
+        }
+    }
+
+    /// Whether `di` is a system file (not visible through the mount).
+    pub(crate) fn is_system(di: &Dinode) -> bool {
+        di.flags.contains(DinodeFlags::SYSTEM)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FsStats {
+    pub cache: crate::buf::CacheStats,
+    pub cached_blocks: usize,
+    pub cached_inodes: usize,
+    pub glocks: crate::glock::GlockStats,
+    pub glocks_held: usize,
+    pub log: crate::log::LogStats,
+}

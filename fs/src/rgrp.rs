@@ -1,0 +1,350 @@
+//! The block allocator: resource groups, their bitmaps and free counts.
+//!
+//! Owns: the rindex in memory, each loaded rgrp's header and bitmap, the
+//! choice of where a new block goes, and this node's statfs changes. Every
+//! change to a header or bitmap goes into the running transaction through
+//! the buffer cache, one header and the one bitmap block touched. May not
+//! touch: what the blocks are used for (callers say DATA or DINODE), or the
+//! rgrp glocks (callers take them; in a cluster each rgrp's LVB carries its
+//! free count so a node can pick a group without reading it).
+//!
+//! Freed blocks are not reused until the transaction that freed them
+//! commits: otherwise a crash could replay the old owner's pointers onto a
+//! block already holding someone else's data.
+
+use crate::buf::BufCache;
+use crate::error::{FsError, Result};
+use crate::format::journal::StatfsDelta;
+use crate::format::rgrp::{BitmapBlock, BlockState, RgrpBitmap, RgrpHeader, RindexEntry};
+use crate::format::RgrpFlags;
+use blockdev::BlockDevice;
+use std::collections::{HashMap, HashSet};
+
+struct Loaded {
+    hdr: RgrpHeader,
+    bits: RgrpBitmap,
+    /// Where the last allocation here ended (search starts there).
+    rotor: u32,
+}
+
+pub struct Rgrps {
+    entries: Vec<RindexEntry>,
+    loaded: HashMap<usize, Loaded>,
+    /// Blocks freed by the running transaction: not reusable until commit.
+    pending_free: HashSet<u64>,
+    /// Allocation changes since mount, not yet folded into statfs.
+    delta: StatfsDelta,
+    /// The rgrp this node allocates from first (spread by journal id so
+    /// nodes do not contend).
+    home: usize,
+}
+
+impl Rgrps {
+    pub fn new(entries: Vec<RindexEntry>, jid: u32) -> Rgrps {
+        let usable: Vec<usize> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| allocatable(e.flags))
+            .map(|(i, _)| i)
+            .collect();
+        let home = if usable.is_empty() {
+            0
+        } else {
+            usable[(jid as usize * 7) % usable.len()]
+        };
+        Rgrps {
+            entries,
+            loaded: HashMap::new(),
+            pending_free: HashSet::new(),
+            delta: StatfsDelta::default(),
+            home,
+        }
+    }
+
+    pub fn entries(&self) -> &[RindexEntry] {
+        &self.entries
+    }
+
+    /// The rgrp whose data area holds `addr`.
+    pub fn index_of(&self, addr: u64) -> Option<usize> {
+        let i = self.entries.partition_point(|e| e.data0 <= addr);
+        let i = i.checked_sub(1)?;
+        self.entries[i].contains_data(addr).then_some(i)
+    }
+
+    fn load(&mut self, cache: &mut BufCache, dev: &dyn BlockDevice, i: usize) -> Result<()> {
+        if self.loaded.contains_key(&i) {
+            return Ok(());
+        }
+        let e = self.entries[i];
+        let hdr: RgrpHeader = cache.read_meta(dev, e.addr)?;
+        if hdr.data0 != e.data0 || hdr.data_len != e.data_len {
+            return Err(FsError::Corrupt {
+                device: dev.name().to_string(),
+                detail: format!(
+                    "rgrp header at block {} says data {}+{}, the rindex says {}+{}",
+                    e.addr, hdr.data0, hdr.data_len, e.data0, e.data_len
+                ),
+            });
+        }
+        let mut parts = Vec::with_capacity(hdr.bitmap_blocks as usize);
+        for k in 1..=u64::from(hdr.bitmap_blocks) {
+            parts.push(cache.read_meta::<BitmapBlock>(dev, e.addr + k)?);
+        }
+        let bs = cache.geometry().block_size;
+        let bits = RgrpBitmap::from_parts(bs, e.addr, &hdr, &parts)?;
+        self.loaded.insert(i, Loaded { hdr, bits, rotor: 0 });
+        Ok(())
+    }
+
+    /// Forgets every loaded rgrp (another node may change them).
+    pub fn invalidate(&mut self) {
+        self.loaded.clear();
+    }
+
+    /// The state of block `addr`.
+    pub fn state(
+        &mut self,
+        cache: &mut BufCache,
+        dev: &dyn BlockDevice,
+        addr: u64,
+    ) -> Result<Option<BlockState>> {
+        let Some(i) = self.index_of(addr) else {
+            return Ok(None);
+        };
+        self.load(cache, dev, i)?;
+        let l = &self.loaded[&i];
+        Ok(l.bits.get((addr - l.hdr.data0) as u32))
+    }
+
+    /// Writes rgrp `i`'s header and the bitmap block holding entry `bit`
+    /// into the running transaction.
+    fn log_change(&mut self, cache: &mut BufCache, i: usize, bits: &[u32]) -> Result<()> {
+        let bs = cache.geometry().block_size;
+        let addr = self.entries[i].addr;
+        let l = self.loaded.get_mut(&i).expect("loaded before change");
+        l.hdr.version += 1;
+        let (head, parts) = l.bits.to_parts(bs);
+        l.hdr.bits = head;
+        cache.write_meta(addr, &l.hdr)?;
+        let mut done = HashSet::new();
+        for &b in bits {
+            let (part, _, _) = crate::format::rgrp::bit_location(bs, u64::from(b));
+            if part > 0 && done.insert(part) {
+                let blk = BitmapBlock {
+                    rgrp: addr,
+                    index: part as u32,
+                    bits: parts[part as usize - 1].clone(),
+                };
+                cache.write_meta(addr + part, &blk)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocates up to `max` contiguous blocks (at least one) in `state`
+    /// (DATA or DINODE), near `goal` if given. Returns the first address,
+    /// the count, and for a dinode its generation number.
+    pub fn alloc(
+        &mut self,
+        cache: &mut BufCache,
+        dev: &dyn BlockDevice,
+        state: BlockState,
+        goal: Option<u64>,
+        max: u32,
+    ) -> Result<(u64, u32, u64)> {
+        assert!(matches!(state, BlockState::Data | BlockState::Dinode));
+        let n = self.entries.len();
+        let start = goal.and_then(|g| self.index_of(g)).unwrap_or(self.home);
+        for k in 0..n {
+            let i = (start + k) % n;
+            if !allocatable(self.entries[i].flags) {
+                continue;
+            }
+            self.load(cache, dev, i)?;
+            let l = self.loaded.get_mut(&i).expect("loaded");
+            if l.hdr.free == 0 {
+                continue;
+            }
+            let from = match goal {
+                Some(g) if k == 0 && g >= l.hdr.data0 => (g - l.hdr.data0) as u32,
+                _ => l.rotor,
+            };
+            let Some(first) = find_free(&l.bits, from, l.hdr.data0, &self.pending_free) else {
+                continue;
+            };
+            let mut count = 1u32;
+            if state == BlockState::Data {
+                while count < max
+                    && first + count < l.bits.len()
+                    && l.bits.get(first + count) == Some(BlockState::Free)
+                    && !self
+                        .pending_free
+                        .contains(&(l.hdr.data0 + u64::from(first + count)))
+                {
+                    count += 1;
+                }
+            }
+            l.bits.set_range(first, count, state);
+            l.hdr.free -= count;
+            let mut generation = 0;
+            if state == BlockState::Dinode {
+                l.hdr.dinodes += 1;
+                generation = l.hdr.igeneration;
+                l.hdr.igeneration += 1;
+                self.delta.dinodes += 1;
+            }
+            l.rotor = first + count;
+            self.delta.free -= i64::from(count);
+            let addr = l.hdr.data0 + u64::from(first);
+            let bits: Vec<u32> = (first..first + count).collect();
+            self.log_change(cache, i, &bits)?;
+            return Ok((addr, count, generation));
+        }
+        Err(FsError::Errno(libc::ENOSPC))
+    }
+
+    /// Changes the state of `count` blocks from `addr` — freeing, or a
+    /// dinode becoming UNLINKED and back. Freed blocks leave the cache (and
+    /// get revokes) and wait for the commit before reuse.
+    pub fn set_state(
+        &mut self,
+        cache: &mut BufCache,
+        dev: &dyn BlockDevice,
+        addr: u64,
+        count: u32,
+        to: BlockState,
+    ) -> Result<()> {
+        let addrs: Vec<u64> = (addr..addr + u64::from(count)).collect();
+        self.set_states(cache, dev, addrs, to)
+    }
+
+    /// Changes the state of every block in `addrs` (any order, any rgrps),
+    /// logging each touched header and bitmap block once.
+    pub fn set_states(
+        &mut self,
+        cache: &mut BufCache,
+        dev: &dyn BlockDevice,
+        mut addrs: Vec<u64>,
+        to: BlockState,
+    ) -> Result<()> {
+        addrs.sort_unstable();
+        addrs.dedup();
+        let mut at = 0;
+        while at < addrs.len() {
+            let addr = addrs[at];
+            let Some(i) = self.index_of(addr) else {
+                return Err(FsError::Corrupt {
+                    device: dev.name().to_string(),
+                    detail: format!("block {addr} lies in no resource group"),
+                });
+            };
+            let end = self.entries[i].end();
+            let n = addrs[at..].partition_point(|a| *a < end);
+            self.set_states_in(cache, dev, i, &addrs[at..at + n], to)?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn set_states_in(
+        &mut self,
+        cache: &mut BufCache,
+        dev: &dyn BlockDevice,
+        i: usize,
+        addrs: &[u64],
+        to: BlockState,
+    ) -> Result<()> {
+        self.load(cache, dev, i)?;
+        let l = self.loaded.get_mut(&i).expect("loaded");
+        let mut bits = Vec::with_capacity(addrs.len());
+        for &a in addrs {
+            let b = (a - l.hdr.data0) as u32;
+            let from = l.bits.get(b).unwrap_or(BlockState::Free);
+            if from == to {
+                continue;
+            }
+            if from == BlockState::Free {
+                return Err(FsError::Corrupt {
+                    device: dev.name().to_string(),
+                    detail: format!("block {a} is free already (a second free or a stale pointer)"),
+                });
+            }
+            match from {
+                BlockState::Dinode => {
+                    l.hdr.dinodes -= 1;
+                    self.delta.dinodes -= 1;
+                }
+                BlockState::Unlinked => l.hdr.unlinked -= 1,
+                _ => {}
+            }
+            match to {
+                BlockState::Free => {
+                    l.hdr.free += 1;
+                    self.delta.free += 1;
+                    self.pending_free.insert(a);
+                    cache.forget(a);
+                }
+                BlockState::Dinode => {
+                    l.hdr.dinodes += 1;
+                    self.delta.dinodes += 1;
+                }
+                BlockState::Unlinked => l.hdr.unlinked += 1,
+                BlockState::Data => {}
+            }
+            l.bits.set(b, to);
+            bits.push(b);
+        }
+        if !bits.is_empty() {
+            self.log_change(cache, i, &bits)?;
+        }
+        Ok(())
+    }
+
+    /// Frees every block in `addrs`.
+    pub fn free(
+        &mut self,
+        cache: &mut BufCache,
+        dev: &dyn BlockDevice,
+        addrs: Vec<u64>,
+    ) -> Result<()> {
+        self.set_states(cache, dev, addrs, BlockState::Free)
+    }
+
+    /// The running transaction committed: its freed blocks may be reused.
+    pub fn committed(&mut self) {
+        self.pending_free.clear();
+    }
+
+    pub fn delta(&self) -> StatfsDelta {
+        self.delta
+    }
+
+    /// The delta was folded into the statfs file.
+    pub fn folded(&mut self) {
+        self.delta = StatfsDelta::default();
+    }
+}
+
+fn allocatable(f: RgrpFlags) -> bool {
+    !f.contains(RgrpFlags::JOURNAL) && !f.contains(RgrpFlags::NOALLOC)
+}
+
+fn find_free(bits: &RgrpBitmap, from: u32, data0: u64, pending: &HashSet<u64>) -> Option<u32> {
+    let len = bits.len();
+    let from = from.min(len);
+    let scan = |mut at: u32, end: u32| -> Option<u32> {
+        while at < end {
+            let f = bits.find_next_free(at)?;
+            if f >= end {
+                return None;
+            }
+            if !pending.contains(&(data0 + u64::from(f))) {
+                return Some(f);
+            }
+            at = f + 1;
+        }
+        None
+    };
+    scan(from, len).or_else(|| scan(0, from))
+}
