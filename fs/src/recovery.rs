@@ -54,15 +54,14 @@ pub struct ReplayReport {
     pub was_dirty: bool,
 }
 
-struct Reader<'a> {
-    dev: &'a dyn BlockDevice,
+struct Reader {
     geo: Geometry,
     j: JournalExtent,
     blocks: Vec<u8>,
 }
 
-impl Reader<'_> {
-    fn load(dev: &dyn BlockDevice, geo: Geometry, j: JournalExtent) -> Result<Reader<'_>> {
+impl Reader {
+    fn load(dev: &dyn BlockDevice, geo: Geometry, j: JournalExtent) -> Result<Reader> {
         let bs = geo.block_size as usize;
         let total = j.len as usize * bs;
         let mut blocks = vec![0u8; total];
@@ -76,7 +75,6 @@ impl Reader<'_> {
             tracing::trace!(jid = j.jid, read = off / bs, of = j.len, "reading journal");
         }
         Ok(Reader {
-            dev,
             geo,
             j,
             blocks,

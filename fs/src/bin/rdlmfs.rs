@@ -1,1 +1,294 @@
-fn main() {}
+//! `rdlmfs`: mount the file system.
+//!
+//! `rdlmfs mount DEVICE MOUNTPOINT [-o OPTIONS] [--foreground]` mounts a
+//! device (a file, a block device or an `nbd://` URI) through FUSE and, like
+//! every `mount.TYPE` helper, returns once the mount is in place, leaving a
+//! background process serving it (`--foreground` keeps it in the
+//! foreground). Installed as `mount.rdlmfs` (or `mount.fuse.rdlmfs`) it
+//! takes mount(8)'s argument order, so `mount -t rdlmfs DEV DIR -o ...`
+//! and fstab entries work. SIGTERM, SIGINT or `umount DIR` commit, leave the
+//! journal clean and exit.
+
+use clap::{Parser, Subcommand};
+use rdlmfs::fuse::RdlmFuse;
+use rdlmfs::{AtimeMode, Fs, MountOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "rdlmfs", version, about = "The rdlmfs cluster file system")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount DEVICE (path or nbd://HOST[:PORT]/EXPORT) at MOUNTPOINT.
+    Mount(MountArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct MountArgs {
+    device: String,
+    mountpoint: PathBuf,
+    /// Comma-separated options: ro, rw, noatime, relatime, strictatime,
+    /// lockproto=nolock, cache=BLOCKS, commit=SECONDS, log=LEVEL,
+    /// force_nolock; mount(8)'s generic options (defaults, _netdev, nofail,
+    /// auto, noauto, user, nouser, exec, suid, dev) are accepted and ignored.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Option<String>,
+    /// Stay in the foreground (do not detach once mounted).
+    #[arg(short = 'f', long)]
+    foreground: bool,
+    /// Where a detached server writes its log.
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+}
+
+struct Parsed {
+    mount: MountOptions,
+    log: String,
+}
+
+fn parse_options(s: Option<&str>) -> Result<Parsed, String> {
+    let mut p = Parsed {
+        mount: MountOptions::default(),
+        log: "info".into(),
+    };
+    for o in s.unwrap_or("").split(',').filter(|o| !o.is_empty()) {
+        let (k, v) = o.split_once('=').map_or((o, None), |(k, v)| (k, Some(v)));
+        let num = |v: Option<&str>| -> Result<u64, String> {
+            v.ok_or(format!("option {k} needs a value"))?
+                .parse::<u64>()
+                .map_err(|_| format!("option {o}: not a number"))
+        };
+        match k {
+            "ro" => p.mount.read_only = true,
+            "rw" => p.mount.read_only = false,
+            "noatime" => p.mount.atime = AtimeMode::Noatime,
+            "relatime" => p.mount.atime = AtimeMode::Relatime,
+            "strictatime" => p.mount.atime = AtimeMode::Strictatime,
+            "lockproto" => match v {
+                Some("nolock") | Some("lock_nolock") => {}
+                Some("dlm") | Some("lock_dlm") => {
+                    return Err("lockproto=dlm: cluster mounts come with the cluster issue; this build mounts with lock_nolock only".into())
+                }
+                _ => return Err(format!("option {o}: expected lockproto=nolock")),
+            },
+            "force_nolock" => p.mount.force_nolock = true,
+            "cache" => p.mount.cache_blocks = num(v)?.clamp(64, 1 << 24) as usize,
+            "commit" => p.mount.commit_interval = Duration::from_secs(num(v)?.clamp(1, 3600)),
+            "log" => p.log = v.ok_or("option log needs a level")?.to_string(),
+            "defaults" | "_netdev" | "nofail" | "auto" | "noauto" | "user" | "nouser"
+            | "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "async" => {}
+            _ => return Err(format!("unknown mount option {o:?}")),
+        }
+    }
+    Ok(p)
+}
+
+fn main() -> ExitCode {
+    // Invoked as mount.rdlmfs / mount.fuse.rdlmfs: mount(8)'s order.
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let name = Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let args = if name.starts_with("mount.") {
+        let mut a: Vec<String> = vec!["rdlmfs".into(), "mount".into()];
+        a.extend(std::env::args().skip(1).filter(|x| x != "-n" && x != "-v"));
+        Cli::parse_from(a)
+    } else {
+        Cli::parse()
+    };
+    let Cmd::Mount(m) = args.cmd;
+    match run_mount(m) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rdlmfs: {e}");
+            ExitCode::from(32)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn run_mount(m: MountArgs) -> Result<(), String> {
+    let parsed = parse_options(m.options.as_deref())?;
+    let mountpoint = m
+        .mountpoint
+        .canonicalize()
+        .map_err(|e| format!("mountpoint {}: {e}", m.mountpoint.display()))?;
+    if !mountpoint.is_dir() {
+        return Err(format!("mountpoint {} is not a directory", mountpoint.display()));
+    }
+    if !m.foreground {
+        return detach(&m, &mountpoint);
+    }
+    init_logging(&parsed.log);
+    let signals = termination_signals();
+    // SAFETY: blocking signals for this thread (and the threads it starts)
+    // so that only sigtimedwait below receives them.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+    let dev = blockdev::open(&m.device, parsed.mount.read_only)
+        .map_err(|e| format!("{}: {e}", m.device))?;
+    let fs = Fs::mount(dev, parsed.mount.clone()).map_err(|e| e.to_string())?;
+    let shared = Arc::new(Mutex::new(Some(fs)));
+
+    let mut config = fuser::Config::default();
+    let mut opts = vec![
+        fuser::MountOption::FSName(m.device.clone()),
+        fuser::MountOption::Subtype("rdlmfs".into()),
+    ];
+    if parsed.mount.read_only {
+        opts.push(fuser::MountOption::RO);
+    }
+    config.mount_options = opts;
+    config.n_threads = Some(4);
+    let session = fuser::Session::new(
+        RdlmFuse::new(shared.clone(), Duration::from_secs(1)),
+        &mountpoint,
+        &config,
+    )
+    .map_err(|e| format!("mount at {}: {e}", mountpoint.display()))?;
+    let background = session
+        .spawn()
+        .map_err(|e| format!("serve {}: {e}", mountpoint.display()))?;
+    tracing::info!(device = %m.device, mountpoint = %mountpoint.display(), "serving");
+    println!("mounted {} at {}", m.device, mountpoint.display());
+    let _ = std::io::stdout().flush();
+
+    // The commit timer and the signal wait share this loop.
+    loop {
+        if background.guard.is_finished() {
+            break;
+        }
+        if let Some(sig) = wait_signal(&signals, Duration::from_millis(500)) {
+            tracing::info!(signal = sig, "unmounting");
+            unmount(&mountpoint);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !background.guard.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            break;
+        }
+        let mut g = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(fs) = g.as_mut() {
+            if fs.commit_due() {
+                if let Err(e) = fs.commit() {
+                    tracing::error!(error = %e, "periodic commit failed");
+                }
+            }
+        }
+    }
+    let fs = shared
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    // fuser's mount handle would unmount once more on drop; the kernel has
+    // already ended the session, so leak it rather than risk a later mount.
+    std::mem::forget(background);
+    match fs {
+        Some(fs) => fs.unmount().map_err(|e| format!("unmount: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// Starts the server in the background and returns once the mount shows
+/// up (or the server exits with its error).
+fn detach(m: &MountArgs, mountpoint: &Path) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let log: Box<dyn Fn() -> std::process::Stdio> = match &m.log_file {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("log file {}: {e}", p.display()))?;
+            Box::new(move || f.try_clone().map(Into::into).unwrap_or_else(|_| std::process::Stdio::null()))
+        }
+        None => Box::new(std::process::Stdio::inherit),
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("mount").arg(&m.device).arg(mountpoint).arg("--foreground");
+    if let Some(o) = &m.options {
+        cmd.arg("-o").arg(o);
+    }
+    let before = mounts_at(mountpoint);
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log())
+        .spawn()
+        .map_err(|e| format!("start server: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if mounts_at(mountpoint) > before {
+            return Ok(());
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("the server exited before mounting ({st})"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("no mount at {} after 30 s", mountpoint.display()))
+}
+
+fn mounts_at(p: &Path) -> usize {
+    let want = p.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the set we own.
+    unsafe {
+        let mut s: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut s);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut s, sig);
+        }
+        s
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+    };
+    // SAFETY: set is initialised; a null siginfo pointer is allowed.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
+}
+
+fn unmount(mountpoint: &Path) {
+    let Ok(p) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: p is a valid NUL-terminated path.
+    if unsafe { libc::umount2(p.as_ptr(), 0) } != 0 {
+        // Busy: detach now; the session ends when the last user leaves.
+        // SAFETY: as above.
+        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+    }
+}
