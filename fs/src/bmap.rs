@@ -189,14 +189,18 @@ impl Fs {
             let level = height - 1 - depth as u32; // level of the block `cur` names
             if cur == 0 {
                 let max = if level == 0 && !di.is_jdata() {
-                    // Contiguous run within this parent's pointer array.
-                    let slots = if depth == 0 {
-                        dinode_ptrs(bs)
-                    } else {
-                        indirect_ptrs(bs)
+                    // A contiguous run over the holes that follow in this
+                    // parent's pointer array (never over existing blocks).
+                    let ptrs: &[u64] = match &parent {
+                        None => di.pointers().unwrap_or(&[]),
+                        Some((_, ind)) => &ind.ptrs,
                     };
-                    let left = (slots - path[depth]) as u32;
-                    run.min(left).max(1)
+                    let holes = ptrs[path[depth]..]
+                        .iter()
+                        .take(run as usize)
+                        .take_while(|p| **p == 0)
+                        .count() as u32;
+                    holes.max(1)
                 } else {
                     1
                 };
