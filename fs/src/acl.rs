@@ -234,8 +234,18 @@ mod tests {
 
     #[test]
     fn named_user_is_limited_by_the_mask() {
-        let a = acl(&[(USER_OBJ, 7, 0), (USER, 6, 1000), (GROUP_OBJ, 4, 0), (MASK, 4, 0), (OTHER, 0, 0)]);
-        let c = Cred { uid: 1000, gid: 1000, groups: vec![] };
+        let a = acl(&[
+            (USER_OBJ, 7, 0),
+            (USER, 6, 1000),
+            (GROUP_OBJ, 4, 0),
+            (MASK, 4, 0),
+            (OTHER, 0, 0),
+        ]);
+        let c = Cred {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![],
+        };
         assert!(permitted(0o100640, 0, 0, Some(&a), &c, MAY_READ));
         assert!(!permitted(0o100640, 0, 0, Some(&a), &c, MAY_WRITE));
         let back = Acl::decode(&a.encode()).unwrap();
@@ -245,17 +255,30 @@ mod tests {
 
     #[test]
     fn garbage_acls_are_einval() {
-        for b in [&b""[..], b"\x02\0\0\0\x01", b"\x01\0\0\0\x01\0\x07\0\0\0\0\0"] {
+        for b in [
+            &b""[..],
+            b"\x02\0\0\0\x01",
+            b"\x01\0\0\0\x01\0\x07\0\0\0\0\0",
+        ] {
             assert_eq!(Acl::decode(b).unwrap_err().errno(), libc::EINVAL);
         }
         // Named entry without a mask.
-        let a = acl(&[(USER_OBJ, 7, 0), (USER, 6, 1000), (GROUP_OBJ, 4, 0), (OTHER, 0, 0)]);
+        let a = acl(&[
+            (USER_OBJ, 7, 0),
+            (USER, 6, 1000),
+            (GROUP_OBJ, 4, 0),
+            (OTHER, 0, 0),
+        ]);
         assert!(Acl::decode(&a.encode()).is_err());
     }
 
     #[test]
     fn plain_mode_checks() {
-        let c = Cred { uid: 5, gid: 5, groups: vec![7] };
+        let c = Cred {
+            uid: 5,
+            gid: 5,
+            groups: vec![7],
+        };
         assert!(permitted(0o100604, 1, 1, None, &c, MAY_READ));
         assert!(!permitted(0o100640, 1, 1, None, &c, MAY_READ));
         assert!(permitted(0o100640, 1, 7, None, &c, MAY_READ));

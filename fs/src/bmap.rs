@@ -92,16 +92,13 @@ impl Fs {
         let bytes = di.stuffed_data().map(|b| b.to_vec()).unwrap_or_default();
         let mut ptrs = vec![0u64; dinode_ptrs(self.geo.block_size)];
         if !bytes.is_empty() {
-            let (blk, _, _) = self.rgrps.alloc(
-                &mut self.cache,
-                &*self.dev,
-                BlockState::Data,
-                Some(ino),
-                1,
-            )?;
+            let (blk, _, _) =
+                self.rgrps
+                    .alloc(&mut self.cache, &*self.dev, BlockState::Data, Some(ino), 1)?;
             di.blocks += 1;
             if di.is_jdata() {
-                let mut payload = vec![0u8; self.geo.bs() - crate::format::dinode::JDATA_HEADER_SIZE];
+                let mut payload =
+                    vec![0u8; self.geo.bs() - crate::format::dinode::JDATA_HEADER_SIZE];
                 payload[..bytes.len()].copy_from_slice(&bytes);
                 self.cache.write_meta(
                     blk,
@@ -223,7 +220,10 @@ impl Fs {
                         &JData {
                             owner: ino,
                             lblock,
-                            payload: vec![0; self.geo.bs() - crate::format::dinode::JDATA_HEADER_SIZE],
+                            payload: vec![
+                                0;
+                                self.geo.bs() - crate::format::dinode::JDATA_HEADER_SIZE
+                            ],
                         },
                     )?;
                 }
@@ -268,14 +268,22 @@ impl Fs {
             let ind: Indirect = self.cache.read_meta(&*self.dev, cur)?;
             self.check_owner(ino, cur, ind.owner)?;
             parent = Some((cur, ind));
-            cur = parent.as_ref().map(|(_, i)| i.ptrs[path[depth + 1]]).unwrap_or(0);
+            cur = parent
+                .as_ref()
+                .map(|(_, i)| i.ptrs[path[depth + 1]])
+                .unwrap_or(0);
         }
         unreachable!("the loop returns at level 0")
     }
 
     /// The first allocated logical block at or after `from` (SEEK_DATA
     /// for trees; stuffed files are handled by the caller).
-    pub(crate) fn next_allocated(&mut self, ino: u64, di: &Dinode, from: u64) -> Result<Option<u64>> {
+    pub(crate) fn next_allocated(
+        &mut self,
+        ino: u64,
+        di: &Dinode,
+        from: u64,
+    ) -> Result<Option<u64>> {
         let Some(top) = di.pointers().map(|p| p.to_vec()) else {
             return Ok(None);
         };
@@ -314,7 +322,13 @@ impl Fs {
     /// indirect block left empty. Updates `di`'s pointers and block count
     /// (the caller writes `di`). With a large range the caller splits it
     /// (see `Fs::truncate_blocks`) so one transaction stays bounded.
-    pub(crate) fn free_range(&mut self, ino: u64, di: &mut Dinode, from: u64, to: u64) -> Result<()> {
+    pub(crate) fn free_range(
+        &mut self,
+        ino: u64,
+        di: &mut Dinode,
+        from: u64,
+        to: u64,
+    ) -> Result<()> {
         if di.height == 0 || from >= to {
             return Ok(());
         }

@@ -23,7 +23,7 @@ use crate::format::dir::{
     table_index, DirPlan,
 };
 use crate::format::rgrp::BlockState;
-use crate::format::{DirEntry, Dinode, DinodeContent, DinodeFlags, FileType, Leaf, MAX_DIR_DEPTH};
+use crate::format::{Dinode, DinodeContent, DinodeFlags, DirEntry, FileType, Leaf, MAX_DIR_DEPTH};
 use crate::mount::Fs;
 
 const LINEAR: &str = "directory";
@@ -121,7 +121,13 @@ impl Fs {
     }
 
     /// Adds `name` → `ino` (the caller made sure the name is free).
-    pub(crate) fn dir_add(&mut self, dir: u64, name: &[u8], ino: u64, kind: FileType) -> Result<()> {
+    pub(crate) fn dir_add(
+        &mut self,
+        dir: u64,
+        name: &[u8],
+        ino: u64,
+        kind: FileType,
+    ) -> Result<()> {
         let mut di = self.dinode(dir)?;
         let e = DirEntry::new(&self.geo.hash_key, ino, kind, name);
         if !di.is_exhash() {
@@ -176,7 +182,8 @@ impl Fs {
                         entries: vec![e.clone()],
                     },
                 )?;
-                self.cache.write_meta(last_addr, &Leaf { next: na, ..last })?;
+                self.cache
+                    .write_meta(last_addr, &Leaf { next: na, ..last })?;
                 di.entries += 1;
                 return self.put_dinode(dir, &mut di);
             }
@@ -240,8 +247,10 @@ impl Fs {
         let d = u32::from(leaf.depth);
         let dd = u32::from(di.depth);
         let bit = 31 - d;
-        let (hi, lo): (Vec<DirEntry>, Vec<DirEntry>) =
-            leaf.entries.into_iter().partition(|e| (e.hash >> bit) & 1 == 1);
+        let (hi, lo): (Vec<DirEntry>, Vec<DirEntry>) = leaf
+            .entries
+            .into_iter()
+            .partition(|e| (e.hash >> bit) & 1 == 1);
         let (na, _, _) =
             self.rgrps
                 .alloc(&mut self.cache, &*self.dev, BlockState::Data, Some(addr), 1)?;
@@ -276,8 +285,9 @@ impl Fs {
                 break;
             }
         }
-        let start =
-            start.ok_or_else(|| self.corrupt(format!("directory {dir}: leaf {addr} not in its table")))?;
+        let start = start.ok_or_else(|| {
+            self.corrupt(format!("directory {dir}: leaf {addr} not in its table"))
+        })?;
         let half = span / 2;
         let upper = vec![na; half];
         self.jdata_write(dir, di, ((start + half) * 8) as u64, &encode_table(&upper))
@@ -308,7 +318,10 @@ impl Fs {
         let hash = name_hash(&self.geo.hash_key, name);
         if !di.is_exhash() {
             let mut entries = self.linear_entries(dir, &di)?;
-            let Some(i) = entries.iter().position(|e| e.hash == hash && e.name == name) else {
+            let Some(i) = entries
+                .iter()
+                .position(|e| e.hash == hash && e.name == name)
+            else {
                 return Err(FsError::Errno(libc::ENOENT));
             };
             let ino = entries.remove(i).inode;
@@ -316,7 +329,11 @@ impl Fs {
             return Ok(ino);
         }
         for (addr, mut l) in self.leaf_chain(dir, &di, hash)? {
-            if let Some(i) = l.entries.iter().position(|e| e.hash == hash && e.name == name) {
+            if let Some(i) = l
+                .entries
+                .iter()
+                .position(|e| e.hash == hash && e.name == name)
+            {
                 let ino = l.entries.remove(i).inode;
                 self.cache.write_meta(addr, &l)?;
                 di.entries = di.entries.saturating_sub(1);
@@ -329,12 +346,21 @@ impl Fs {
 
     /// Points the existing entry `name` at `ino` (rename over a target,
     /// a moved directory's "..").
-    pub(crate) fn dir_set(&mut self, dir: u64, name: &[u8], ino: u64, kind: FileType) -> Result<()> {
+    pub(crate) fn dir_set(
+        &mut self,
+        dir: u64,
+        name: &[u8],
+        ino: u64,
+        kind: FileType,
+    ) -> Result<()> {
         let mut di = self.dinode(dir)?;
         let hash = name_hash(&self.geo.hash_key, name);
         if !di.is_exhash() {
             let mut entries = self.linear_entries(dir, &di)?;
-            let Some(e) = entries.iter_mut().find(|e| e.hash == hash && e.name == name) else {
+            let Some(e) = entries
+                .iter_mut()
+                .find(|e| e.hash == hash && e.name == name)
+            else {
                 return Err(FsError::Errno(libc::ENOENT));
             };
             e.inode = ino;
@@ -342,7 +368,11 @@ impl Fs {
             return self.write_linear(dir, &mut di, &entries);
         }
         for (addr, mut l) in self.leaf_chain(dir, &di, hash)? {
-            if let Some(e) = l.entries.iter_mut().find(|e| e.hash == hash && e.name == name) {
+            if let Some(e) = l
+                .entries
+                .iter_mut()
+                .find(|e| e.hash == hash && e.name == name)
+            {
                 e.inode = ino;
                 e.kind = kind;
                 self.cache.write_meta(addr, &l)?;
@@ -401,7 +431,11 @@ impl Fs {
                     next = l.next;
                     guard += 1;
                 }
-                out.extend(with_cookies(entries).into_iter().filter(|l| l.cookie > after));
+                out.extend(
+                    with_cookies(entries)
+                        .into_iter()
+                        .filter(|l| l.cookie > after),
+                );
                 if out.len() >= want {
                     break;
                 }

@@ -277,7 +277,15 @@ impl Filesystem for RdlmFuse {
         let c = cred(req);
         let r = self.with(|fs| {
             let p = ino_in(fs, parent);
-            let a = fs.mknod(p, name.as_bytes(), libc::S_IFDIR | (mode & 0o7777), umask, 0, None, &c)?;
+            let a = fs.mknod(
+                p,
+                name.as_bytes(),
+                libc::S_IFDIR | (mode & 0o7777),
+                umask,
+                0,
+                None,
+                &c,
+            )?;
             Ok((file_attr(fs, &a), a.generation))
         });
         self.entry(reply, r);
@@ -285,12 +293,18 @@ impl Filesystem for RdlmFuse {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let c = cred(req);
-        empty(reply, self.with(|fs| fs.unlink(ino_in(fs, parent), name.as_bytes(), &c)));
+        empty(
+            reply,
+            self.with(|fs| fs.unlink(ino_in(fs, parent), name.as_bytes(), &c)),
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let c = cred(req);
-        empty(reply, self.with(|fs| fs.rmdir(ino_in(fs, parent), name.as_bytes(), &c)));
+        empty(
+            reply,
+            self.with(|fs| fs.rmdir(ino_in(fs, parent), name.as_bytes(), &c)),
+        );
     }
 
     fn symlink(
@@ -305,7 +319,15 @@ impl Filesystem for RdlmFuse {
         let r = self.with(|fs| {
             let p = ino_in(fs, parent);
             let t = target.as_os_str().as_bytes();
-            let a = fs.mknod(p, link_name.as_bytes(), libc::S_IFLNK | 0o777, 0, 0, Some(t), &c)?;
+            let a = fs.mknod(
+                p,
+                link_name.as_bytes(),
+                libc::S_IFLNK | 0o777,
+                0,
+                0,
+                Some(t),
+                &c,
+            )?;
             Ok((file_attr(fs, &a), a.generation))
         });
         self.entry(reply, r);
@@ -423,7 +445,14 @@ impl Filesystem for RdlmFuse {
         empty(reply, self.with(|fs| fs.release(ino_in(fs, ino))));
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         empty(reply, self.with(|fs| fs.fsync(ino_in(fs, ino))));
     }
 
@@ -447,7 +476,14 @@ impl Filesystem for RdlmFuse {
             let i = ino_in(fs, ino);
             let v = fs.readdir(i, offset, 128)?;
             Ok(v.into_iter()
-                .map(|l| (ino_out(fs, l.entry.inode), l.cookie, l.entry.kind, l.entry.name))
+                .map(|l| {
+                    (
+                        ino_out(fs, l.entry.inode),
+                        l.cookie,
+                        l.entry.kind,
+                        l.entry.name,
+                    )
+                })
                 .collect::<Vec<_>>())
         });
         match r {
@@ -477,14 +513,27 @@ impl Filesystem for RdlmFuse {
             let mut out = Vec::with_capacity(v.len());
             for l in v {
                 let a = fs.getattr(l.entry.inode)?;
-                out.push((ino_out(fs, l.entry.inode), l.cookie, l.entry.name, file_attr(fs, &a), a.generation));
+                out.push((
+                    ino_out(fs, l.entry.inode),
+                    l.cookie,
+                    l.entry.name,
+                    file_attr(fs, &a),
+                    a.generation,
+                ));
             }
             Ok(out)
         });
         match r {
             Ok(v) => {
                 for (i, cookie, name, a, g) in v {
-                    if reply.add(i, cookie, OsStr::from_bytes(&name), &self.ttl, &a, Generation(g)) {
+                    if reply.add(
+                        i,
+                        cookie,
+                        OsStr::from_bytes(&name),
+                        &self.ttl,
+                        &a,
+                        Generation(g),
+                    ) {
                         break;
                     }
                 }
@@ -494,7 +543,14 @@ impl Filesystem for RdlmFuse {
         }
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         empty(reply, self.with(|fs| fs.fsync(ino_in(fs, ino))));
     }
 
@@ -567,7 +623,10 @@ impl Filesystem for RdlmFuse {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let c = cred(req);
-        empty(reply, self.with(|fs| fs.removexattr(ino_in(fs, ino), name.as_bytes(), &c)));
+        empty(
+            reply,
+            self.with(|fs| fs.removexattr(ino_in(fs, ino), name.as_bytes(), &c)),
+        );
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

@@ -9,7 +9,7 @@
 //! directories (`dir.rs`), permissions (`ops.rs`).
 
 use crate::error::{FsError, Result};
-use crate::format::dinode::{stuffed_capacity, data_payload, JDATA_HEADER_SIZE};
+use crate::format::dinode::{data_payload, stuffed_capacity, JDATA_HEADER_SIZE};
 use crate::format::io::IoError;
 use crate::format::rgrp::BlockState;
 use crate::format::{Dinode, DinodeContent, DinodeFlags, JData, Timestamp};
@@ -60,7 +60,8 @@ impl Fs {
     /// Writes `di` as inode `ino` into the running transaction, bumping
     /// its version (the inode glock's LVB carries it).
     pub(crate) fn put_dinode(&mut self, ino: u64, di: &mut Dinode) -> Result<()> {
-        self.glocks.hold(GlockName::inode(ino), GlockMode::Exclusive)?;
+        self.glocks
+            .hold(GlockName::inode(ino), GlockMode::Exclusive)?;
         di.version += 1;
         self.cache.write_meta(ino, di)?;
         self.inodes.insert(ino, di.clone());
@@ -69,9 +70,13 @@ impl Fs {
 
     /// Allocates and writes a new dinode near `goal`.
     pub(crate) fn new_dinode(&mut self, goal: u64, mut di: Dinode) -> Result<(u64, Dinode)> {
-        let (ino, _, generation) =
-            self.rgrps
-                .alloc(&mut self.cache, &*self.dev, BlockState::Dinode, Some(goal), 1)?;
+        let (ino, _, generation) = self.rgrps.alloc(
+            &mut self.cache,
+            &*self.dev,
+            BlockState::Dinode,
+            Some(goal),
+            1,
+        )?;
         di.generation = generation;
         di.version = 0;
         self.put_dinode(ino, &mut di)?;
@@ -103,10 +108,13 @@ impl Fs {
         }
         if let Some(di_blocks) = di.pointers() {
             if di_blocks.iter().any(|p| *p != 0) {
-                return Err(self.corrupt(format!("inode {ino}: blocks left after freeing its tree")));
+                return Err(
+                    self.corrupt(format!("inode {ino}: blocks left after freeing its tree"))
+                );
             }
         }
-        self.rgrps.set_state(&mut self.cache, &*self.dev, ino, 1, BlockState::Free)?;
+        self.rgrps
+            .set_state(&mut self.cache, &*self.dev, ino, 1, BlockState::Free)?;
         self.inodes.remove(&ino);
         if self.unlinked.remove(&ino) {
             self.write_unlinked_list()?;
@@ -162,7 +170,13 @@ impl Fs {
     }
 
     /// Reads `len` bytes at `off` of a regular file (short at EOF).
-    pub(crate) fn read_data(&mut self, ino: u64, di: &Dinode, off: u64, len: usize) -> Result<Vec<u8>> {
+    pub(crate) fn read_data(
+        &mut self,
+        ino: u64,
+        di: &Dinode,
+        off: u64,
+        len: usize,
+    ) -> Result<Vec<u8>> {
         if off >= di.size {
             return Ok(Vec::new());
         }
@@ -189,7 +203,9 @@ impl Fs {
                 n += 1;
             }
             let mut buf = vec![0u8; (n * bs) as usize];
-            self.dev.read_at(b * bs, &mut buf).map_err(IoError::Device)?;
+            self.dev
+                .read_at(b * bs, &mut buf)
+                .map_err(IoError::Device)?;
             let run_start = l * bs;
             let from = off.max(run_start);
             let to = end.min(run_start + n * bs);
@@ -202,7 +218,13 @@ impl Fs {
 
     /// Writes `data` at `off` of a regular file, allocating as needed;
     /// updates `di.size` (the caller writes the dinode and its times).
-    pub(crate) fn write_data(&mut self, ino: u64, di: &mut Dinode, off: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn write_data(
+        &mut self,
+        ino: u64,
+        di: &mut Dinode,
+        off: u64,
+        data: &[u8],
+    ) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
@@ -234,7 +256,9 @@ impl Fs {
             let partial = from > run_start || to < run_end;
             if partial && !fresh {
                 // Read what this write does not cover (only the edges).
-                self.dev.read_at(blk * bs, &mut buf).map_err(IoError::Device)?;
+                self.dev
+                    .read_at(blk * bs, &mut buf)
+                    .map_err(IoError::Device)?;
             }
             buf[(from - run_start) as usize..(to - run_start) as usize]
                 .copy_from_slice(&data[(from - off) as usize..(to - off) as usize]);
@@ -248,7 +272,13 @@ impl Fs {
     /// Zeroes bytes `from..to` of a regular file that lie in allocated
     /// blocks or the stuffed area (the partial blocks at the ends of a
     /// punched hole or of a truncate that keeps a partial last block).
-    pub(crate) fn zero_range_in_place(&mut self, ino: u64, di: &mut Dinode, from: u64, to: u64) -> Result<()> {
+    pub(crate) fn zero_range_in_place(
+        &mut self,
+        ino: u64,
+        di: &mut Dinode,
+        from: u64,
+        to: u64,
+    ) -> Result<()> {
         if from >= to {
             return Ok(());
         }
@@ -268,7 +298,9 @@ impl Fs {
                 let e = to.min((l + 1) * bs) - l * bs;
                 let mut buf = vec![0u8; bs as usize];
                 if s > 0 || e < bs {
-                    self.dev.read_at(blk * bs, &mut buf).map_err(IoError::Device)?;
+                    self.dev
+                        .read_at(blk * bs, &mut buf)
+                        .map_err(IoError::Device)?;
                     buf[s as usize..e as usize].fill(0);
                 }
                 self.write_data_blocks(blk, &buf)?;
@@ -287,7 +319,13 @@ impl Fs {
         self.jdata_read(ino, &di, 0, size as usize)
     }
 
-    pub(crate) fn jdata_read(&mut self, ino: u64, di: &Dinode, off: u64, len: usize) -> Result<Vec<u8>> {
+    pub(crate) fn jdata_read(
+        &mut self,
+        ino: u64,
+        di: &Dinode,
+        off: u64,
+        len: usize,
+    ) -> Result<Vec<u8>> {
         if !di.is_jdata() {
             return Err(self.corrupt(format!("inode {ino} is not a JDATA file")));
         }
@@ -325,7 +363,13 @@ impl Fs {
 
     /// Writes `data` at `off` of a JDATA file (journaled); updates and
     /// writes the dinode.
-    pub(crate) fn jdata_write(&mut self, ino: u64, di: &mut Dinode, off: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn jdata_write(
+        &mut self,
+        ino: u64,
+        di: &mut Dinode,
+        off: u64,
+        data: &[u8],
+    ) -> Result<()> {
         let end = off + data.len() as u64;
         let cap = stuffed_capacity(self.geo.block_size) as u64;
         if di.height == 0 && end <= cap {

@@ -160,8 +160,7 @@ impl Fs {
                 ),
             ));
         }
-        if proto.name() == "lock_nolock" && sb.lock_proto == LockProto::Dlm && !opts.force_nolock
-        {
+        if proto.name() == "lock_nolock" && sb.lock_proto == LockProto::Dlm && !opts.force_nolock {
             return Err(refuse(
                 &*dev,
                 "the file system uses lock_dlm (it may be mounted on other nodes); mount it through the cluster, or force lock_nolock if no other node has it mounted".into(),
@@ -170,7 +169,10 @@ impl Fs {
         if opts.jid >= sb.journals {
             return Err(refuse(
                 &*dev,
-                format!("journal {} does not exist ({} journals)", opts.jid, sb.journals),
+                format!(
+                    "journal {} does not exist ({} journals)",
+                    opts.jid, sb.journals
+                ),
             ));
         }
         let geo = sb.geometry();
@@ -248,7 +250,10 @@ impl Fs {
         if let Some(pos) = replay.position {
             fs.log = Some(Log::new(geo, jid, extent.start, extent.len, pos));
         } else if !fs.opts.read_only {
-            return Err(refuse(&*fs.dev, "journal position unknown after replay".into()));
+            return Err(refuse(
+                &*fs.dev,
+                "journal position unknown after replay".into(),
+            ));
         }
         if !fs.opts.read_only {
             fs.report.orphans_freed = fs.free_orphans()?;
@@ -305,7 +310,10 @@ impl Fs {
             ));
         }
         let Some(start) = self.map_block(jino, &di, 0)? else {
-            return Err(refuse(&*self.dev, format!("journal{jid} has no first block")));
+            return Err(refuse(
+                &*self.dev,
+                format!("journal{jid} has no first block"),
+            ));
         };
         for l in 1..len {
             if self.map_block(jino, &di, l)? != Some(start + l) {

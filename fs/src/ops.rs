@@ -311,7 +311,8 @@ impl Fs {
         } else if kind != FileType::Symlink {
             perm &= !(umask & 0o777);
         }
-        if gid != cred.gid && !cred.in_group(gid) && !cred.is_root() && kind != FileType::Directory {
+        if gid != cred.gid && !cred.in_group(gid) && !cred.is_root() && kind != FileType::Directory
+        {
             perm &= !libc::S_ISGID;
         }
         let cap = crate::format::dinode::stuffed_capacity(self.geo.block_size);
@@ -384,7 +385,8 @@ impl Fs {
             self.new_dinode(parent, di)?
         };
         let _ = entries;
-        self.glocks.hold(GlockName::inode(ino), GlockMode::Exclusive)?;
+        self.glocks
+            .hold(GlockName::inode(ino), GlockMode::Exclusive)?;
         if let Some(tg) = target {
             if tg.len() > cap {
                 self.write_data(ino, &mut di, 0, tg)?;
@@ -540,7 +542,9 @@ impl Fs {
                 _ => return Ok(false),
             }
         }
-        Err(self.corrupt(format!("directory {ino}: \"..\" chain does not reach the root")))
+        Err(self.corrupt(format!(
+            "directory {ino}: \"..\" chain does not reach the root"
+        )))
     }
 
     fn rename_inner(
@@ -563,7 +567,8 @@ impl Fs {
         check_name(newname)?;
         if parent != newparent {
             // Serialises directory moves cluster-wide (no loops).
-            self.glocks.hold(GlockName::rename(), GlockMode::Exclusive)?;
+            self.glocks
+                .hold(GlockName::rename(), GlockMode::Exclusive)?;
         }
         let pd = self.dir_for(parent, cred, MAY_WRITE | MAY_EXEC)?;
         let npd = self.dir_for(newparent, cred, MAY_WRITE | MAY_EXEC)?;
@@ -817,7 +822,9 @@ impl Fs {
             di.size = size;
             self.truncate_blocks(ino, di)?;
         } else if size > di.size {
-            if di.height == 0 && size > crate::format::dinode::stuffed_capacity(self.geo.block_size) as u64 {
+            if di.height == 0
+                && size > crate::format::dinode::stuffed_capacity(self.geo.block_size) as u64
+            {
                 self.unstuff(ino, di)?;
             }
             di.size = size;
@@ -901,7 +908,14 @@ impl Fs {
         Ok(())
     }
 
-    pub fn write(&mut self, ino: u64, off: u64, data: &[u8], append: bool, cred: &Cred) -> Result<usize> {
+    pub fn write(
+        &mut self,
+        ino: u64,
+        off: u64,
+        data: &[u8],
+        append: bool,
+        cred: &Cred,
+    ) -> Result<usize> {
         self.change(|fs| {
             let mut di = fs.user_dinode(ino)?;
             if di.is_dir() {
@@ -945,7 +959,11 @@ impl Fs {
         self.change(|fs| {
             let mut di = fs.user_dinode(ino)?;
             if di.file_type() != Some(FileType::Regular) {
-                return e(if di.is_dir() { libc::EISDIR } else { libc::ENODEV });
+                return e(if di.is_dir() {
+                    libc::EISDIR
+                } else {
+                    libc::ENODEV
+                });
             }
             if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) != 0 {
                 return e(libc::EOPNOTSUPP);
@@ -1065,7 +1083,12 @@ impl Fs {
     }
 
     /// Entries after cookie `after`: (cookie, inode, type, name).
-    pub fn readdir(&mut self, ino: u64, after: u64, want: usize) -> Result<Vec<crate::dir::Listed>> {
+    pub fn readdir(
+        &mut self,
+        ino: u64,
+        after: u64,
+        want: usize,
+    ) -> Result<Vec<crate::dir::Listed>> {
         let di = self.user_dinode(ino)?;
         if !di.is_dir() {
             return e(libc::ENOTDIR);
@@ -1077,22 +1100,42 @@ impl Fs {
 
     // ---- xattrs ----
 
-    fn xattr_access(&mut self, ino: u64, di: &Dinode, name: &[u8], cred: &Cred, write: bool) -> Result<()> {
+    fn xattr_access(
+        &mut self,
+        ino: u64,
+        di: &Dinode,
+        name: &[u8],
+        cred: &Cred,
+        write: bool,
+    ) -> Result<()> {
         if name.starts_with(b"user.") {
             let t = di.file_type();
             if t != Some(FileType::Regular) && t != Some(FileType::Directory) {
                 return e(if write { libc::EPERM } else { libc::ENODATA });
             }
-            if write && di.is_dir() && di.mode & libc::S_ISVTX != 0 && cred.uid != di.uid && !cred.is_root() {
+            if write
+                && di.is_dir()
+                && di.mode & libc::S_ISVTX != 0
+                && cred.uid != di.uid
+                && !cred.is_root()
+            {
                 return e(libc::EPERM);
             }
             return self.may(ino, di, cred, if write { MAY_WRITE } else { MAY_READ });
         }
         if name.starts_with(b"trusted.") {
-            return if cred.is_root() { Ok(()) } else { e(libc::EPERM) };
+            return if cred.is_root() {
+                Ok(())
+            } else {
+                e(libc::EPERM)
+            };
         }
         if name.starts_with(b"security.") {
-            return if !write || cred.is_root() { Ok(()) } else { e(libc::EPERM) };
+            return if !write || cred.is_root() {
+                Ok(())
+            } else {
+                e(libc::EPERM)
+            };
         }
         if name == acl::ACL_ACCESS || name == acl::ACL_DEFAULT {
             if write && !(cred.is_root() || cred.uid == di.uid) {
@@ -1124,7 +1167,14 @@ impl Fs {
             .collect())
     }
 
-    pub fn setxattr(&mut self, ino: u64, name: &[u8], value: Option<&[u8]>, flags: i32, cred: &Cred) -> Result<()> {
+    pub fn setxattr(
+        &mut self,
+        ino: u64,
+        name: &[u8],
+        value: Option<&[u8]>,
+        flags: i32,
+        cred: &Cred,
+    ) -> Result<()> {
         self.change(|fs| {
             let mut di = fs.user_dinode(ino)?;
             if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 {
@@ -1174,7 +1224,8 @@ impl Fs {
 /// Writing to or truncating a file clears setuid, and setgid when group
 /// execute is set.
 fn kill_suid(di: &mut Dinode) {
-    if di.mode & libc::S_ISUID != 0 || (di.mode & libc::S_ISGID != 0 && di.mode & libc::S_IXGRP != 0)
+    if di.mode & libc::S_ISUID != 0
+        || (di.mode & libc::S_ISGID != 0 && di.mode & libc::S_IXGRP != 0)
     {
         di.mode &= !libc::S_ISUID;
         if di.mode & libc::S_IXGRP != 0 {

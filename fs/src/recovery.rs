@@ -74,11 +74,7 @@ impl Reader {
             off += n;
             tracing::trace!(jid = j.jid, read = off / bs, of = j.len, "reading journal");
         }
-        Ok(Reader {
-            geo,
-            j,
-            blocks,
-        })
+        Ok(Reader { geo, j, blocks })
     }
 
     fn block(&self, pos: u32) -> &[u8] {
@@ -201,8 +197,7 @@ pub fn replay(
                     }
                     match r.kind(p) {
                         Some(BlockType::LogDescriptor) => {
-                            let Ok(d) =
-                                decode_block::<LogDescriptor>(&geo, r.addr(p), r.block(p))
+                            let Ok(d) = decode_block::<LogDescriptor>(&geo, r.addr(p), r.block(p))
                             else {
                                 break None;
                             };
@@ -297,7 +292,8 @@ pub fn replay(
     let bs = u64::from(geo.block_size);
     if !read_only {
         for (i, (a, at)) in writes.iter().enumerate() {
-            dev.write_at(a * bs, r.block(*at)).map_err(IoError::Device)?;
+            dev.write_at(a * bs, r.block(*at))
+                .map_err(IoError::Device)?;
             if i % 4096 == 4095 {
                 tracing::info!(jid = j.jid, written = i + 1, of = writes.len(), "replaying");
             }

@@ -93,7 +93,14 @@ impl Rgrps {
         }
         let bs = cache.geometry().block_size;
         let bits = RgrpBitmap::from_parts(bs, e.addr, &hdr, &parts)?;
-        self.loaded.insert(i, Loaded { hdr, bits, rotor: 0 });
+        self.loaded.insert(
+            i,
+            Loaded {
+                hdr,
+                bits,
+                rotor: 0,
+            },
+        );
         Ok(())
     }
 

@@ -43,7 +43,10 @@ impl Fs {
 
     pub(crate) fn xattr_get(&mut self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>> {
         let (_, entries) = self.xattr_chain(ino)?;
-        Ok(entries.into_iter().find(|e| e.name == name).map(|e| e.value))
+        Ok(entries
+            .into_iter()
+            .find(|e| e.name == name)
+            .map(|e| e.value))
     }
 
     pub(crate) fn xattr_names(&mut self, ino: u64) -> Result<Vec<Vec<u8>>> {
@@ -93,7 +96,9 @@ impl Fs {
         let mut packs: Vec<Vec<XattrEntry>> = Vec::new();
         for e in entries {
             match packs.last_mut() {
-                Some(p) if XattrBlock::fits(bs, &[p.as_slice(), std::slice::from_ref(&e)].concat()) => {
+                Some(p)
+                    if XattrBlock::fits(bs, &[p.as_slice(), std::slice::from_ref(&e)].concat()) =>
+                {
                     p.push(e)
                 }
                 _ => packs.push(vec![e]),

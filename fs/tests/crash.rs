@@ -23,7 +23,15 @@ fn workload(fs: &mut Fs) -> (BTreeMap<String, Vec<u8>>, bool) {
         let d = fs.mknod(r, b"dir", libc::S_IFDIR | 0o755, 0, 0, None, &c)?;
         for i in 0..40u32 {
             let name = format!("f{i}");
-            let a = fs.mknod(d.ino, name.as_bytes(), libc::S_IFREG | 0o644, 0, 0, None, &c)?;
+            let a = fs.mknod(
+                d.ino,
+                name.as_bytes(),
+                libc::S_IFREG | 0o644,
+                0,
+                0,
+                None,
+                &c,
+            )?;
             let len = [10usize, 3000, 9000, 70_000][(i % 4) as usize];
             let data: Vec<u8> = (0..len).map(|k| (k as u32 * 7 + i) as u8).collect();
             fs.write(a.ino, 0, &data, false, &c)?;
@@ -34,7 +42,14 @@ fn workload(fs: &mut Fs) -> (BTreeMap<String, Vec<u8>>, bool) {
                 fs.fsync(a.ino)?;
                 synced.insert(name.clone(), data);
             } else if i % 5 == 2 {
-                fs.rename(d.ino, name.as_bytes(), r, format!("moved{i}").as_bytes(), 0, &c)?;
+                fs.rename(
+                    d.ino,
+                    name.as_bytes(),
+                    r,
+                    format!("moved{i}").as_bytes(),
+                    0,
+                    &c,
+                )?;
             } else if i % 5 == 3 {
                 fs.unlink(d.ino, name.as_bytes(), &c)?;
             } else if i % 5 == 4 {
@@ -51,7 +66,15 @@ fn workload(fs: &mut Fs) -> (BTreeMap<String, Vec<u8>>, bool) {
                 fs.sync()?;
             }
             if i % 10 == 9 {
-                let s = fs.mknod(d.ino, format!("sub{i}").as_bytes(), libc::S_IFDIR | 0o755, 0, 0, None, &c)?;
+                let s = fs.mknod(
+                    d.ino,
+                    format!("sub{i}").as_bytes(),
+                    libc::S_IFDIR | 0o755,
+                    0,
+                    0,
+                    None,
+                    &c,
+                )?;
                 fs.mknod(s.ino, b"x", libc::S_IFREG | 0o644, 0, 0, None, &c)?;
             }
         }
@@ -79,7 +102,10 @@ fn power_cut_at_every_write_then_replay_and_fsck() {
         rdlmfs_mkfs::format(&*dev, &rdlmfs_mkfs::FormatParams::new(opts), &mut |_| {}).unwrap();
     }
     let golden = std::fs::read(&img).unwrap();
-    let every: u64 = std::env::var("RDLMFS_CRASH_STEP").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let every: u64 = std::env::var("RDLMFS_CRASH_STEP")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let mut points = 0u64;
     let mut replays = 0u64;
     let mut n = 1u64;
@@ -111,14 +137,17 @@ fn power_cut_at_every_write_then_replay_and_fsck() {
         let c = root();
         let d = fs.lookup(fs.root(), b"dir", &c);
         for (name, data) in &synced {
-            let d = d.as_ref().unwrap_or_else(|e| panic!("{ctx}: dir lost: {e}"));
+            let d = d
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{ctx}: dir lost: {e}"));
             let a = fs
                 .lookup(d.ino, name.as_bytes(), &c)
                 .unwrap_or_else(|e| panic!("{ctx}: fsync'd {name} lost: {e}"));
             let got = fs.read(a.ino, 0, data.len() + 10).unwrap();
             assert!(got == *data, "{ctx}: fsync'd {name} has wrong contents");
         }
-        fs.unmount().unwrap_or_else(|e| panic!("{ctx}: unmount: {e}"));
+        fs.unmount()
+            .unwrap_or_else(|e| panic!("{ctx}: unmount: {e}"));
         let findings = fsck(&img);
         assert!(findings.is_empty(), "{ctx}: fsck: {findings:#?}");
         n += every;

@@ -39,7 +39,8 @@ fn create_write_read_persist_and_fsck_clean() {
     // Many names: the root goes hashed.
     for i in 0..600 {
         let n = format!("file-{i:04}-with-a-longish-name");
-        fs.mknod(d.ino, n.as_bytes(), REG | 0o600, 0, 0, None, &c).unwrap();
+        fs.mknod(d.ino, n.as_bytes(), REG | 0o600, 0, 0, None, &c)
+            .unwrap();
     }
     let mut seen = 0;
     let mut after = 0;
@@ -60,7 +61,9 @@ fn create_write_read_persist_and_fsck_clean() {
     assert_eq!(a2.ino, a.ino);
     assert_eq!(fs.read(a.ino, 10, 300_000).unwrap(), big);
     assert_eq!(fs.read(a.ino, far, 10).unwrap(), b"far");
-    assert!(fs.lookup(d.ino, b"file-0599-with-a-longish-name", &c).is_ok());
+    assert!(fs
+        .lookup(d.ino, b"file-0599-with-a-longish-name", &c)
+        .is_ok());
     // Delete everything again.
     for i in 0..600 {
         let n = format!("file-{i:04}-with-a-longish-name");
@@ -87,27 +90,52 @@ fn errno_cases() {
     let d = fs.mknod(r, b"d", DIR | 0o755, 0, 0, None, &c).unwrap();
     fs.mknod(d.ino, b"x", REG | 0o644, 0, 0, None, &c).unwrap();
     assert_eq!(errno(fs.lookup(r, b"nope", &c)), libc::ENOENT);
-    assert_eq!(errno(fs.mknod(r, b"f", REG | 0o644, 0, 0, None, &c)), libc::EEXIST);
+    assert_eq!(
+        errno(fs.mknod(r, b"f", REG | 0o644, 0, 0, None, &c)),
+        libc::EEXIST
+    );
     assert_eq!(errno(fs.rmdir(r, b"d", &c)), libc::ENOTEMPTY);
     assert_eq!(errno(fs.unlink(r, b"d", &c)), libc::EISDIR);
     assert_eq!(errno(fs.rmdir(r, b"f", &c)), libc::ENOTDIR);
     assert_eq!(errno(fs.lookup(f.ino, b"x", &c)), libc::ENOTDIR);
     let long = vec![b'n'; 256];
-    assert_eq!(errno(fs.mknod(r, &long, REG | 0o644, 0, 0, None, &c)), libc::ENAMETOOLONG);
+    assert_eq!(
+        errno(fs.mknod(r, &long, REG | 0o644, 0, 0, None, &c)),
+        libc::ENAMETOOLONG
+    );
     assert_eq!(errno(fs.lookup(r, &long, &c)), libc::ENAMETOOLONG);
     // An unprivileged user.
     let u = user(1000);
-    assert_eq!(errno(fs.mknod(r, b"mine", REG | 0o644, 0, 0, None, &u)), libc::EACCES);
+    assert_eq!(
+        errno(fs.mknod(r, b"mine", REG | 0o644, 0, 0, None, &u)),
+        libc::EACCES
+    );
     assert_eq!(errno(fs.open(f.ino, libc::O_WRONLY, &u)), libc::EACCES);
     fs.open(f.ino, libc::O_RDONLY, &u).unwrap();
     fs.release(f.ino).unwrap();
-    assert_eq!(errno(fs.setattr(f.ino, SetAttr { mode: Some(0o777), ..Default::default() }, &u)), libc::EPERM);
+    assert_eq!(
+        errno(fs.setattr(
+            f.ino,
+            SetAttr {
+                mode: Some(0o777),
+                ..Default::default()
+            },
+            &u
+        )),
+        libc::EPERM
+    );
     // Renames.
     fs.mknod(r, b"g", REG | 0o644, 0, 0, None, &c).unwrap();
-    assert_eq!(errno(fs.rename(r, b"f", r, b"g", RENAME_NOREPLACE, &c)), libc::EEXIST);
+    assert_eq!(
+        errno(fs.rename(r, b"f", r, b"g", RENAME_NOREPLACE, &c)),
+        libc::EEXIST
+    );
     fs.rename(r, b"f", r, b"g", RENAME_EXCHANGE, &c).unwrap();
     assert_eq!(fs.lookup(r, b"g", &c).unwrap().ino, f.ino);
-    assert_eq!(errno(fs.rename(r, b"d", d.ino, b"sub", 0, &c)), libc::EINVAL);
+    assert_eq!(
+        errno(fs.rename(r, b"d", d.ino, b"sub", 0, &c)),
+        libc::EINVAL
+    );
     fs.unmount().unwrap();
     assert_eq!(fsck(&img), Vec::<String>::new());
 }

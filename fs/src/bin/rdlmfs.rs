@@ -132,7 +132,10 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
         .canonicalize()
         .map_err(|e| format!("mountpoint {}: {e}", m.mountpoint.display()))?;
     if !mountpoint.is_dir() {
-        return Err(format!("mountpoint {} is not a directory", mountpoint.display()));
+        return Err(format!(
+            "mountpoint {} is not a directory",
+            mountpoint.display()
+        ));
     }
     if !m.foreground {
         return detach(&m, &mountpoint);
@@ -156,6 +159,9 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
         opts.push(fuser::MountOption::RO);
     }
     config.mount_options = opts;
+    // Every user of the machine uses the file system (allow_other); the
+    // file system checks permissions itself, with ACLs.
+    config.acl = fuser::SessionACL::All;
     config.n_threads = Some(4);
     let session = fuser::Session::new(
         RdlmFuse::new(shared.clone(), Duration::from_secs(1)),
@@ -193,10 +199,7 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
             }
         }
     }
-    let fs = shared
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
+    let fs = shared.lock().unwrap_or_else(PoisonError::into_inner).take();
     // fuser's mount handle would unmount once more on drop; the kernel has
     // already ended the session, so leak it rather than risk a later mount.
     std::mem::forget(background);
@@ -217,12 +220,19 @@ fn detach(m: &MountArgs, mountpoint: &Path) -> Result<(), String> {
                 .append(true)
                 .open(p)
                 .map_err(|e| format!("log file {}: {e}", p.display()))?;
-            Box::new(move || f.try_clone().map(Into::into).unwrap_or_else(|_| std::process::Stdio::null()))
+            Box::new(move || {
+                f.try_clone()
+                    .map(Into::into)
+                    .unwrap_or_else(|_| std::process::Stdio::null())
+            })
         }
         None => Box::new(std::process::Stdio::inherit),
     };
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("mount").arg(&m.device).arg(mountpoint).arg("--foreground");
+    cmd.arg("mount")
+        .arg(&m.device)
+        .arg(mountpoint)
+        .arg("--foreground");
     if let Some(o) = &m.options {
         cmd.arg("-o").arg(o);
     }
