@@ -66,7 +66,7 @@ pub struct Acl(pub Vec<AclEntry>);
 impl Acl {
     /// Decodes the xattr value; malformed input is EINVAL.
     pub fn decode(b: &[u8]) -> Result<Acl> {
-        if b.len() < 4 || (b.len() - 4) % 8 != 0 {
+        if b.len() < 4 || !(b.len() - 4).is_multiple_of(8) {
             return Err(FsError::Errno(libc::EINVAL));
         }
         if u32::from_le_bytes([b[0], b[1], b[2], b[3]]) != VERSION {

@@ -357,8 +357,8 @@ impl Fs {
     ) -> Result<bool> {
         let span = self.span(level);
         let mut changed = false;
-        for k in 0..ptrs.len() {
-            let p = ptrs[k];
+        for (k, slot) in ptrs.iter_mut().enumerate() {
+            let p = *slot;
             let lo = base.saturating_add(span.saturating_mul(k as u64));
             let hi = lo.saturating_add(span);
             if p == 0 || hi <= from || lo >= to {
@@ -366,7 +366,7 @@ impl Fs {
             }
             if level == 0 {
                 freed.push(p);
-                ptrs[k] = 0;
+                *slot = 0;
                 changed = true;
                 continue;
             }
@@ -375,7 +375,7 @@ impl Fs {
             if self.free_in(ino, &mut ind.ptrs, level - 1, lo, from, to, freed)? {
                 if ind.ptrs.iter().all(|x| *x == 0) {
                     freed.push(p);
-                    ptrs[k] = 0;
+                    *slot = 0;
                     changed = true;
                 } else {
                     self.cache.write_meta(p, &ind)?;

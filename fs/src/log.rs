@@ -80,7 +80,8 @@ impl Log {
         self.stats
     }
 
-    pub fn len(&self) -> u32 {
+    /// Positions in the journal.
+    pub fn capacity(&self) -> u32 {
         self.len
     }
 

@@ -450,7 +450,7 @@ impl Fs {
                 jid: log.jid(),
                 detail: format!(
                     "a transaction of {need} blocks exceeds the journal ({} blocks)",
-                    log.len()
+                    log.capacity()
                 ),
             });
         }
