@@ -231,14 +231,9 @@ impl Fs {
             di.content = DinodeContent::Stuffed(body);
             return self.put_dinode(dir, di);
         }
+        // An empty JDATA file, which the write unstuffs and fills.
         di.size = 0;
         di.content = DinodeContent::Stuffed(body);
-        // Temporarily an empty JDATA file: the write sets the real size.
-        di.depth = 0;
-        di.flags.0 &= !DinodeFlags::EXHASH;
-        self.unstuff(dir, di)?;
-        di.flags.0 |= DinodeFlags::EXHASH;
-        di.depth = depth;
         self.jdata_write(dir, di, 0, &table)
     }
 
@@ -302,13 +297,8 @@ impl Fs {
             new.extend_from_slice(c);
             new.extend_from_slice(c);
         }
+        // The write unstuffs the table if it no longer fits the dinode.
         di.depth += 1;
-        if di.height == 0 && new.len() > stuffed_capacity(self.geo.block_size) {
-            // Unstuff with the old size still in place, then grow.
-            di.depth -= 1;
-            self.unstuff(dir, di)?;
-            di.depth += 1;
-        }
         self.jdata_write(dir, di, 0, &new)
     }
 

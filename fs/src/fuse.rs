@@ -644,7 +644,7 @@ impl Filesystem for RdlmFuse {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        flags: i32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
         let c = cred(req);
@@ -652,8 +652,7 @@ impl Filesystem for RdlmFuse {
             let p = ino_in(fs, parent);
             let a = fs.mknod(p, name.as_bytes(), mode, umask, 0, None, &c)?;
             // The creator may open what it created whatever the mode says.
-            *fs_opens(fs).entry(a.ino).or_insert(0) += 1;
-            let _ = flags;
+            fs.opened_by_create(a.ino);
             Ok((file_attr(fs, &a), a.generation))
         });
         match r {
@@ -702,8 +701,4 @@ impl Filesystem for RdlmFuse {
             Err(e) => reply.error(e),
         }
     }
-}
-
-fn fs_opens(fs: &mut Fs) -> &mut std::collections::HashMap<u64, u32> {
-    &mut fs.opens
 }

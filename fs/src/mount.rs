@@ -442,8 +442,7 @@ impl Fs {
             return Ok(());
         }
         let log = self.log.as_mut().expect("checked");
-        let (images, revokes) = self.cache.transaction();
-        let need = log.blocks_for(images.len(), revokes.len());
+        let need = log.blocks_for(self.cache.dirty_blocks(), self.cache.pending_revokes());
         if need > log.max_transaction() {
             return Err(FsError::Journal {
                 device: self.dev.name().to_string(),
@@ -455,7 +454,6 @@ impl Fs {
             });
         }
         if need > log.free() {
-            drop(images);
             self.cache.checkpoint(&*self.dev)?;
             let log = self.log.as_mut().expect("checked");
             log.checkpointed();

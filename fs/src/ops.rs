@@ -12,7 +12,7 @@
 //! transaction half-built.
 
 use crate::acl::{self, Acl, Cred, MAY_EXEC, MAY_READ, MAY_WRITE};
-use crate::error::{FsError, Result};
+use crate::error::{errno as e, FsError, Result};
 use crate::format::dinode::MAX_SYMLINK_LEN;
 use crate::format::dir::valid_name;
 use crate::format::rgrp::BlockState;
@@ -70,10 +70,6 @@ pub const RENAME_EXCHANGE: u32 = 2;
 pub const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
 pub const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
 pub const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
-
-fn e<T>(errno: i32) -> Result<T> {
-    Err(FsError::Errno(errno))
-}
 
 fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > MAX_NAME_LEN {
@@ -318,11 +314,7 @@ impl Fs {
         let cap = crate::format::dinode::stuffed_capacity(self.geo.block_size);
         let mut body = vec![0u8; cap];
         let mut size = 0u64;
-        let mut entries = 0;
-        let mut nlink = 1;
-        if kind == FileType::Directory {
-            nlink = 2;
-        }
+        let nlink = if kind == FileType::Directory { 2 } else { 1 };
         if let Some(tg) = target {
             if tg.len() <= cap {
                 body[..tg.len()].copy_from_slice(tg);
@@ -371,10 +363,9 @@ impl Fs {
             ];
             let mut body = vec![0u8; cap];
             crate::format::dir::encode_entries(&self.geo, ino, "directory", &ents, &mut body)?;
-            entries = 2;
             let mut d = Dinode {
                 size: cap as u64,
-                entries,
+                entries: 2,
                 content: DinodeContent::Stuffed(body),
                 generation,
                 ..di
@@ -384,7 +375,6 @@ impl Fs {
         } else {
             self.new_dinode(parent, di)?
         };
-        let _ = entries;
         self.glocks
             .hold(GlockName::inode(ino), GlockMode::Exclusive)?;
         if let Some(tg) = target {
@@ -857,6 +847,11 @@ impl Fs {
         self.may(ino, &di, cred, want)?;
         *self.opens.entry(ino).or_insert(0) += 1;
         Ok(())
+    }
+
+    /// The creator of a file has it open without an open() call.
+    pub(crate) fn opened_by_create(&mut self, ino: u64) {
+        *self.opens.entry(ino).or_insert(0) += 1;
     }
 
     /// The last close of an unlinked file frees it.
