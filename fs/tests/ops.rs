@@ -139,3 +139,50 @@ fn errno_cases() {
     fs.unmount().unwrap();
     assert_eq!(fsck(&img), Vec::<String>::new());
 }
+
+#[test]
+fn hashed_directory_table_outgrows_the_dinode() {
+    // At 512-byte blocks the table leaves the dinode at depth 6, so this
+    // exercises unstuffing the table, doubling it in JData blocks and
+    // splitting leaves, then freeing all of it.
+    let t = tempfile::tempdir().unwrap();
+    let img = image(t.path(), 64 * MIB, 512);
+    let c = root();
+    let mut fs = mount(&img);
+    let r = fs.root();
+    let d = fs.mknod(r, b"big", DIR | 0o755, 0, 0, None, &c).unwrap();
+    let n = 3000;
+    for i in 0..n {
+        fs.mknod(
+            d.ino,
+            format!("entry-{i}").as_bytes(),
+            REG | 0o644,
+            0,
+            0,
+            None,
+            &c,
+        )
+        .unwrap();
+    }
+    fs.unmount().unwrap();
+    assert_eq!(fsck(&img), Vec::<String>::new());
+    let mut fs = mount(&img);
+    for i in 0..n {
+        fs.lookup(d.ino, format!("entry-{i}").as_bytes(), &c)
+            .unwrap();
+    }
+    let mut count = 0;
+    let mut after = 0;
+    while let Some(last) = fs.readdir(d.ino, after, 100).unwrap().last().cloned() {
+        count += fs.readdir(d.ino, after, 100).unwrap().len();
+        after = last.cookie;
+    }
+    assert_eq!(count, n + 2);
+    for i in 0..n {
+        fs.unlink(d.ino, format!("entry-{i}").as_bytes(), &c)
+            .unwrap();
+    }
+    fs.rmdir(r, b"big", &c).unwrap();
+    fs.unmount().unwrap();
+    assert_eq!(fsck(&img), Vec::<String>::new());
+}
