@@ -10,6 +10,11 @@
 //! decision (grants, queues, LVBs, recovery, holds, leases) stays in the
 //! sans-I/O core, driven exactly as [`crate::daemon`] drives it.
 //!
+//! The node starts in the default lockspace (what `lock` and friends use);
+//! [`Dlm::join_lockspace`] / [`Dlm::leave_lockspace`] and
+//! [`Dlm::lock_in`] use others, and the recovery events name their
+//! lockspace.
+//!
 //! Lock ids handed out here are the handle's own, never reused in one
 //! run: the core starts its ids over after a lost lease, and an old id must
 //! not name a new lock. A request whose caller gave up (its future was
@@ -18,10 +23,10 @@
 //! the lock keeps the new mode (the caller still owns the lock).
 
 use crate::config::ClusterConfig;
-use crate::lockspace::{Callback, Output};
+use crate::lockspace::{Callback, LsEvent, Output};
 use crate::member::{Member, MemberEvent, View};
 use crate::mode::Mode;
-use crate::node::Node;
+use crate::node::{Node, DEFAULT_LOCKSPACE};
 use crate::resource::{Flags, LockError, LockId, NodeId};
 use crate::transport::{generation_floor_now, new_incarnation, Incoming, Transport};
 use crate::wire::Message;
@@ -62,28 +67,38 @@ pub struct Grant {
 }
 
 /// What the node tells the file system besides replies, in order. The
-/// membership events follow lock_dlm's recover_prep / recover_slot /
-/// recover_done.
+/// lockspace events follow lock_dlm's recover_prep / recover_slot /
+/// recover_done, per lockspace: a file system on lockspace "fsA" hears
+/// only of fsA's members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DlmEvent {
     /// Another request needs `mode`: release or convert down.
     Blocking { lkid: u64, mode: Mode },
-    /// A view was committed and lockspace recovery starts; grants stop
-    /// until [`DlmEvent::RecoverDone`]. `departed` may be empty (a join).
+    /// The members of `lockspace` changed and its recovery starts; grants
+    /// there stop until [`DlmEvent::RecoverDone`]. `departed` may be empty
+    /// (a join).
     RecoverPrep {
+        lockspace: String,
         generation: u32,
         departed: Vec<Member>,
     },
-    /// `node` (that incarnation) left holding journal `slot`: replay it,
-    /// then call [`Dlm::recovery_done`]. One per departed member.
+    /// `node` (that incarnation) left `lockspace` without a clean leave,
+    /// holding journal `slot`: replay it, then call
+    /// [`Dlm::recovery_done_in`]. One per such member.
     RecoverSlot {
+        lockspace: String,
         node: NodeId,
         incarnation: u64,
         slot: u32,
     },
-    /// The lockspace recovered for `generation`: grants resume (with the
+    /// `lockspace` recovered for `generation`: grants resume (with the
     /// recovery hold on, not those the hold still stops).
-    RecoverDone { generation: u32 },
+    RecoverDone { lockspace: String, generation: u32 },
+    /// This node is out of `lockspace` ([`Dlm::leave_lockspace`]).
+    Left { lockspace: String },
+    /// Every lock of this node in `lockspace` is gone (a view had it out
+    /// of the lockspace); it joins again.
+    LockspaceLost { lockspace: String, reason: String },
     /// The lease ran out or this incarnation was excluded: every lock of
     /// this node is gone; the node rejoins as a new incarnation.
     Lost { reason: String },
@@ -108,10 +123,29 @@ pub struct DlmStatus {
     pub quorate: bool,
     /// Lockspace recovery in progress.
     pub recovering: bool,
-    /// Departed incarnations whose recovery was not declared done.
+    /// Departed incarnations whose recovery was not declared done (in the
+    /// default lockspace).
     pub pending_recovery: Vec<(NodeId, u64)>,
-    /// Locks of this node known to the core.
+    /// Locks of this node known to the core (all lockspaces).
     pub locks: usize,
+    /// Every lockspace of this node.
+    pub lockspaces: Vec<LsStatus>,
+}
+
+/// One lockspace as [`Dlm::status`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LsStatus {
+    pub name: String,
+    /// Its members in its current generation (empty while joining).
+    pub members: Vec<NodeId>,
+    pub generation: u32,
+    pub recovering: bool,
+    /// Being left: no new locks.
+    pub leaving: bool,
+    pub pending_recovery: Vec<(NodeId, u64)>,
+    pub locks: usize,
+    /// Resources mastered here (in use or kept unused for a while).
+    pub resources: usize,
 }
 
 /// Which lock an error is about.
@@ -195,6 +229,7 @@ type Reply<T> = oneshot::Sender<Result<T, DlmError>>;
 
 enum Cmd {
     Lock {
+        ls: String,
         owner: u64,
         name: Vec<u8>,
         mode: Mode,
@@ -221,8 +256,17 @@ enum Cmd {
         reply: Reply<()>,
     },
     RecoveryDone {
+        ls: String,
         node: NodeId,
         incarnation: u64,
+        reply: Reply<()>,
+    },
+    Join {
+        ls: String,
+        reply: Reply<()>,
+    },
+    LeaveLs {
+        ls: String,
         reply: Reply<()>,
     },
     Status(oneshot::Sender<DlmStatus>),
@@ -290,6 +334,7 @@ impl Dlm {
             next_id: 1,
             lost_before: 0,
             lost_reason: String::new(),
+            leaving_ls: BTreeMap::new(),
         };
         let task = tokio::spawn(drive(d, incoming, rx, tick_every));
         Ok((
@@ -364,11 +409,30 @@ impl Dlm {
         lvb: bool,
         timeout: Option<Duration>,
     ) -> Result<Grant, DlmError> {
+        self.lock_in(DEFAULT_LOCKSPACE, owner, name, mode, flags, lvb, timeout)
+            .await
+    }
+
+    /// [`lock_as`](Dlm::lock_as) in lockspace `ls` (joined with
+    /// [`join_lockspace`](Dlm::join_lockspace)). Convert, unlock and cancel
+    /// need no lockspace: lock ids are unique across lockspaces.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn lock_in(
+        &self,
+        ls: &str,
+        owner: u64,
+        name: &[u8],
+        mode: Mode,
+        flags: Flags,
+        lvb: bool,
+        timeout: Option<Duration>,
+    ) -> Result<Grant, DlmError> {
         let owned = name.to_vec();
         self.call(
             timeout,
             || self.ctx(name, None),
             |reply| Cmd::Lock {
+                ls: ls.to_string(),
                 owner,
                 name: owned,
                 mode,
@@ -432,16 +496,54 @@ impl Dlm {
     }
 
     /// The journal of that incarnation of `node` is replayed: every member
-    /// lifts its recovery hold.
+    /// of the default lockspace lifts its recovery hold.
     pub async fn recovery_done(&self, node: NodeId, incarnation: u64) -> Result<(), DlmError> {
+        self.recovery_done_in(DEFAULT_LOCKSPACE, node, incarnation)
+            .await
+    }
+
+    /// [`recovery_done`](Dlm::recovery_done) in lockspace `ls`.
+    pub async fn recovery_done_in(
+        &self,
+        ls: &str,
+        node: NodeId,
+        incarnation: u64,
+    ) -> Result<(), DlmError> {
         self.call(
             None,
             || self.ctx(b"", None),
             |reply| Cmd::RecoveryDone {
+                ls: ls.to_string(),
                 node,
                 incarnation,
                 reply,
             },
+        )
+        .await
+    }
+
+    /// Joins lockspace `ls`: locks there may be asked for at once; they
+    /// are granted once the members agreed on a view with this node in the
+    /// lockspace and its recovery ran ([`DlmEvent::RecoverDone`]).
+    pub async fn join_lockspace(&self, ls: &str) -> Result<(), DlmError> {
+        let name = ls.to_string();
+        self.call(
+            None,
+            || self.ctx(b"", None),
+            |reply| Cmd::Join { ls: name, reply },
+        )
+        .await
+    }
+
+    /// Leaves lockspace `ls` (refused while this node has locks there);
+    /// resolves once a view without this node in it committed. The others
+    /// release nothing of theirs and hold nothing for it.
+    pub async fn leave_lockspace(&self, ls: &str) -> Result<(), DlmError> {
+        let name = ls.to_string();
+        self.call(
+            None,
+            || self.ctx(b"", None),
+            |reply| Cmd::LeaveLs { ls: name, reply },
         )
         .await
     }
@@ -598,6 +700,43 @@ impl BlockingDlm {
             .block_on(self.dlm.recovery_done(node, incarnation))
     }
 
+    /// See [`Dlm::lock_in`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn lock_in(
+        &self,
+        ls: &str,
+        owner: u64,
+        name: &[u8],
+        mode: Mode,
+        flags: Flags,
+        lvb: bool,
+        timeout: Option<Duration>,
+    ) -> Result<Grant, DlmError> {
+        self.handle
+            .block_on(self.dlm.lock_in(ls, owner, name, mode, flags, lvb, timeout))
+    }
+
+    /// See [`Dlm::recovery_done_in`].
+    pub fn recovery_done_in(
+        &self,
+        ls: &str,
+        node: NodeId,
+        incarnation: u64,
+    ) -> Result<(), DlmError> {
+        self.handle
+            .block_on(self.dlm.recovery_done_in(ls, node, incarnation))
+    }
+
+    /// See [`Dlm::join_lockspace`].
+    pub fn join_lockspace(&self, ls: &str) -> Result<(), DlmError> {
+        self.handle.block_on(self.dlm.join_lockspace(ls))
+    }
+
+    /// See [`Dlm::leave_lockspace`].
+    pub fn leave_lockspace(&self, ls: &str) -> Result<(), DlmError> {
+        self.handle.block_on(self.dlm.leave_lockspace(ls))
+    }
+
     pub fn status(&self) -> Result<DlmStatus, DlmError> {
         self.handle.block_on(self.dlm.status())
     }
@@ -619,6 +758,7 @@ enum Wait {
 
 struct Lk {
     core: u64,
+    ls: String,
     name: Vec<u8>,
     valblk: bool,
     wait: Option<Wait>,
@@ -642,6 +782,8 @@ struct Driver {
     /// Ids below this were issued before the last lost lease.
     lost_before: u64,
     lost_reason: String,
+    /// Callers of `leave_lockspace` waiting for the view without us.
+    leaving_ls: BTreeMap<String, Vec<Reply<()>>>,
 }
 
 /// The driver loop. It repeats [`crate::daemon::run`]'s loop rather than
@@ -761,6 +903,7 @@ impl Driver {
         let now = self.now();
         match cmd {
             Cmd::Lock {
+                ls,
                 owner,
                 name,
                 mode,
@@ -777,7 +920,7 @@ impl Driver {
                 if t.is_some() {
                     f = f | Flags::TIMEOUT;
                 }
-                match self.node.lock_as(now, owner, &name, mode, f, t) {
+                match self.node.lock_in(now, &ls, owner, &name, mode, f, t) {
                     Ok(core) => {
                         let id = self.next_id;
                         self.next_id += 1;
@@ -786,6 +929,7 @@ impl Driver {
                             id,
                             Lk {
                                 core,
+                                ls,
                                 name,
                                 valblk: lvb,
                                 wait: Some(Wait::Grant { new: true, reply }),
@@ -873,19 +1017,43 @@ impl Driver {
                 let _ = reply.send(r);
             }
             Cmd::RecoveryDone {
+                ls,
                 node,
                 incarnation,
                 reply,
             } => {
                 info!(
                     node = self.me,
+                    lockspace = %ls,
                     departed = node,
                     incarnation,
                     "recovery declared done"
                 );
-                self.node.recovery_done(now, node, incarnation);
-                let _ = reply.send(Ok(()));
+                let r = self
+                    .node
+                    .recovery_done_in(now, &ls, node, incarnation)
+                    .map_err(|e| DlmError::from_lock(self.ctx(b"", None), e));
+                let _ = reply.send(r);
             }
+            Cmd::Join { ls, reply } => {
+                let r = self
+                    .node
+                    .join_lockspace(&ls)
+                    .map_err(|e| DlmError::from_lock(self.ctx(b"", None), e));
+                if r.is_ok() {
+                    info!(node = self.me, lockspace = %ls, "joining lockspace");
+                }
+                let _ = reply.send(r);
+            }
+            Cmd::LeaveLs { ls, reply } => match self.node.leave_lockspace(now, &ls) {
+                Ok(()) => {
+                    info!(node = self.me, lockspace = %ls, "leaving lockspace");
+                    self.leaving_ls.entry(ls).or_default().push(reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(DlmError::from_lock(self.ctx(b"", None), e)));
+                }
+            },
             Cmd::Status(reply) => {
                 let _ = reply.send(self.status(now));
             }
@@ -910,7 +1078,21 @@ impl Driver {
             quorate: self.node.quorate(now),
             recovering: ls.is_recovering(),
             pending_recovery: ls.pending_recovery().copied().collect(),
-            locks: ls.lock_count(),
+            locks: self.node.lock_count(),
+            lockspaces: self
+                .node
+                .lockspaces()
+                .map(|(name, ls, leaving)| LsStatus {
+                    name: name.to_string(),
+                    members: ls.members().to_vec(),
+                    generation: ls.generation(),
+                    recovering: ls.is_recovering(),
+                    leaving,
+                    pending_recovery: ls.pending_recovery().copied().collect(),
+                    locks: ls.lock_count(),
+                    resources: ls.resources().count(),
+                })
+                .collect(),
         }
     }
 
@@ -959,10 +1141,6 @@ impl Driver {
 
     /// Everything the core produced: messages out, replies, events.
     fn flush(&mut self) {
-        // A `Recovered` callback may come out before the commit that
-        // started it when recovery needs no message (one node); the file
-        // system must see recover_prep before recover_done.
-        let mut recovered = Vec::new();
         loop {
             let outs = self.node.drain();
             if outs.is_empty() {
@@ -975,20 +1153,84 @@ impl Driver {
                             warn!(node = self.me, peer = to, error = %e, "send failed");
                         }
                     }
-                    Output::Callback(Callback::Recovered { generation }) => {
-                        recovered.push(generation)
-                    }
                     Output::Callback(cb) => self.callback(cb),
                     Output::Membership(e) => self.membership(e),
+                    Output::Lockspace { name, event } => self.lockspace_event(name, event),
                 }
             }
         }
-        for generation in recovered {
-            info!(
-                node = self.me,
-                generation, "lockspace recovered; grants resume"
-            );
-            self.event(DlmEvent::RecoverDone { generation });
+    }
+
+    fn lockspace_event(&mut self, lockspace: String, e: LsEvent) {
+        match e {
+            LsEvent::RecoverPrep {
+                generation,
+                departed,
+                left,
+            } => {
+                info!(
+                    node = self.me,
+                    lockspace = %lockspace,
+                    generation,
+                    departed = ?departed.iter().map(|m| (m.id, m.slot)).collect::<Vec<_>>(),
+                    "lockspace recovery starts"
+                );
+                self.event(DlmEvent::RecoverPrep {
+                    lockspace: lockspace.clone(),
+                    generation,
+                    departed: departed.clone(),
+                });
+                // A member that left cleanly has nothing to recover.
+                for m in departed.iter().filter(|m| !left.contains(m)) {
+                    self.event(DlmEvent::RecoverSlot {
+                        lockspace: lockspace.clone(),
+                        node: m.id,
+                        incarnation: m.incarnation,
+                        slot: m.slot,
+                    });
+                }
+            }
+            LsEvent::RecoverDone { generation } => {
+                info!(node = self.me, lockspace = %lockspace, generation, "lockspace recovered; grants resume");
+                self.event(DlmEvent::RecoverDone {
+                    lockspace,
+                    generation,
+                });
+            }
+            LsEvent::Left => {
+                info!(node = self.me, lockspace = %lockspace, "left lockspace");
+                for reply in self.leaving_ls.remove(&lockspace).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+                self.event(DlmEvent::Left { lockspace });
+            }
+            LsEvent::Lost { reason } => {
+                warn!(node = self.me, lockspace = %lockspace, %reason, "every lock in the lockspace is gone");
+                let gone: Vec<u64> = self
+                    .locks
+                    .iter()
+                    .filter(|(_, l)| l.ls == lockspace)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    if let Some(l) = self.forget(id) {
+                        let err = DlmError::Lost {
+                            ctx: self.ctx(&l.name, Some(id)),
+                            reason: reason.clone(),
+                        };
+                        match l.wait {
+                            Some(Wait::Grant { reply, .. }) => {
+                                let _ = reply.send(Err(err));
+                            }
+                            Some(Wait::Unlock(reply)) => {
+                                let _ = reply.send(Err(err));
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                self.event(DlmEvent::LockspaceLost { lockspace, reason });
+            }
         }
     }
 
@@ -1046,7 +1288,7 @@ impl Driver {
                 }
             }
             Callback::Failed { error, .. } => {
-                let gone = !self.node.lockspace().has_lock(core);
+                let gone = !self.node.has_lock(core);
                 let ctx = match self.locks.get(&id) {
                     Some(l) => self.ctx(&l.name, Some(id)),
                     None => self.ctx(b"", Some(id)),
@@ -1096,11 +1338,7 @@ impl Driver {
 
     fn membership(&mut self, e: MemberEvent) {
         match e {
-            MemberEvent::Committed {
-                view,
-                departed,
-                left,
-            } => {
+            MemberEvent::Committed { view, departed, .. } => {
                 info!(
                     node = self.me,
                     generation = view.generation,
@@ -1108,18 +1346,6 @@ impl Driver {
                     departed = ?departed.iter().map(|m| (m.id, m.slot)).collect::<Vec<_>>(),
                     "membership committed"
                 );
-                self.event(DlmEvent::RecoverPrep {
-                    generation: view.generation,
-                    departed: departed.clone(),
-                });
-                // A node that left cleanly has nothing to recover.
-                for m in departed.iter().filter(|m| !left.contains(m)) {
-                    self.event(DlmEvent::RecoverSlot {
-                        node: m.id,
-                        incarnation: m.incarnation,
-                        slot: m.slot,
-                    });
-                }
                 self.event(DlmEvent::Member { view });
             }
             MemberEvent::Lost {
@@ -1144,6 +1370,13 @@ impl Driver {
                     }
                 }
                 self.by_core.clear();
+                // Lockspaces being left are dropped with the lease.
+                for (lockspace, replies) in std::mem::take(&mut self.leaving_ls) {
+                    for reply in replies {
+                        let _ = reply.send(Ok(()));
+                    }
+                    self.event(DlmEvent::Left { lockspace });
+                }
                 self.lost_before = self.next_id;
                 self.lost_reason = reason.clone();
                 self.event(DlmEvent::Lost { reason });

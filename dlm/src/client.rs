@@ -28,6 +28,10 @@ pub enum Request {
     Lock {
         name: String,
         mode: String,
+        /// The lockspace (joined by the daemon); the default one if
+        /// omitted.
+        #[serde(default)]
+        lockspace: Option<String>,
         #[serde(default)]
         noqueue: bool,
         /// Give up after this long (the request fails with "timed out").
@@ -50,6 +54,14 @@ pub enum Request {
     },
     Status,
     Dump,
+    /// The node joins `lockspace` (for every client of the daemon).
+    JoinLockspace {
+        lockspace: String,
+    },
+    /// The node leaves `lockspace` (refused while it has locks there).
+    LeaveLockspace {
+        lockspace: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,10 +84,15 @@ pub struct StatusInfo {
     pub recovering: bool,
     pub locks: usize,
     pub mastered: usize,
+    /// The lockspaces the node is in (or joining, or leaving).
+    #[serde(default)]
+    pub lockspaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceInfo {
+    #[serde(default)]
+    pub lockspace: String,
     pub name: String,
     pub lvb_valid: bool,
     pub lvb_hex: String,
@@ -96,6 +113,8 @@ pub enum Reply {
     Error {
         error: String,
     },
+    /// A request without a lock (join, leave) was done.
+    Done,
     Granted {
         lkid: u64,
         mode: String,

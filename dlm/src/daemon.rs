@@ -11,10 +11,10 @@
 
 use crate::client::{MemberInfo, Reply, Request, ResourceInfo, StatusInfo, MAX_LINE};
 use crate::config::ClusterConfig;
-use crate::lockspace::{Callback, Output};
+use crate::lockspace::{Callback, LsEvent, Output};
 use crate::member::MemberEvent;
 use crate::mode::Mode;
-use crate::node::Node;
+use crate::node::{Node, DEFAULT_LOCKSPACE};
 use crate::resource::{Flags, NodeId};
 use crate::transport::{generation_floor_now, new_incarnation, Incoming, Transport};
 use crate::wire::Message;
@@ -41,6 +41,9 @@ pub enum DaemonError {
 
 type ClientId = u64;
 
+/// How long an unused resource is kept (the kernel's 10 s `toss_secs`).
+const TOSS_MS: u64 = 10_000;
+
 enum ClientEvent {
     Connected(ClientId, mpsc::UnboundedSender<String>),
     Line(ClientId, String),
@@ -58,11 +61,23 @@ struct Daemon {
     orphans: BTreeSet<u64>,
 }
 
-/// Runs node `me` until `shutdown` resolves.
+/// Runs node `me` (in the default lockspace) until `shutdown` resolves.
 pub async fn run(
     cluster: ClusterConfig,
     me: NodeId,
     socket: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    run_in(cluster, me, socket, &[], shutdown).await
+}
+
+/// [`run`], joining `lockspaces` besides the default one from the start
+/// (clients may join more with `join_lockspace`).
+pub async fn run_in(
+    cluster: ClusterConfig,
+    me: NodeId,
+    socket: PathBuf,
+    lockspaces: &[String],
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let setup = |detail: String| DaemonError::Setup { node: me, detail };
@@ -75,6 +90,11 @@ pub async fn run(
         cluster.lvb_len,
     )
     .map_err(setup)?;
+    for ls in lockspaces {
+        node.join_lockspace(ls)
+            .map_err(|e| setup(format!("lockspace {ls:?}: {e}")))?;
+    }
+    node.set_toss_time(TOSS_MS);
     // Each client connection is one owner: its waits can close a cycle.
     node.set_deadlock_detection((cluster.heartbeat_ms * 5).max(100));
     let (transport, mut incoming) = Transport::start(&cluster, me, incarnation)
@@ -273,14 +293,18 @@ impl Daemon {
             Request::Lock {
                 name,
                 mode,
+                lockspace,
                 noqueue,
                 timeout_ms,
             } => {
                 let mode: Mode = mode.parse()?;
+                let ls = lockspace.as_deref().unwrap_or(DEFAULT_LOCKSPACE);
                 let lkid = self
                     .node
-                    .lock_for(
+                    .lock_in(
                         now,
+                        ls,
+                        0,
                         name.as_bytes(),
                         mode,
                         flags(noqueue, timeout_ms),
@@ -323,6 +347,20 @@ impl Daemon {
                 Ok(Reply::Accepted { lkid })
             }
             Request::Status => Ok(Reply::Status(self.status(now))),
+            Request::JoinLockspace { lockspace } => {
+                self.node
+                    .join_lockspace(&lockspace)
+                    .map_err(|e| e.to_string())?;
+                info!(lockspace = %lockspace, "joining lockspace");
+                Ok(Reply::Done)
+            }
+            Request::LeaveLockspace { lockspace } => {
+                self.node
+                    .leave_lockspace(now, &lockspace)
+                    .map_err(|e| e.to_string())?;
+                info!(lockspace = %lockspace, "leaving lockspace");
+                Ok(Reply::Done)
+            }
             Request::Dump => Ok(Reply::Dump {
                 resources: self.dump(),
             }),
@@ -332,7 +370,6 @@ impl Daemon {
 
     fn status(&self, now: u64) -> StatusInfo {
         let view = self.node.view();
-        let ls = self.node.lockspace();
         StatusInfo {
             cluster: self.cluster.name.clone(),
             node: self.node.id(),
@@ -353,19 +390,29 @@ impl Daemon {
             configured: self.cluster.nodes.iter().map(|n| n.id).collect(),
             quorum: self.node.membership().config().quorum(),
             quorate: self.node.quorate(now),
-            recovering: ls.is_recovering(),
-            locks: ls.lock_count(),
-            mastered: ls.mastered_in_use(),
+            recovering: self.node.lockspaces().any(|(_, l, _)| l.is_recovering()),
+            locks: self.node.lock_count(),
+            mastered: self
+                .node
+                .lockspaces()
+                .map(|(_, l, _)| l.mastered_in_use())
+                .sum(),
+            lockspaces: self
+                .node
+                .lockspaces()
+                .map(|(n, _, _)| n.to_string())
+                .collect(),
         }
     }
 
     fn dump(&self) -> Vec<ResourceInfo> {
         self.node
-            .lockspace()
-            .resources()
-            .map(|r| {
+            .lockspaces()
+            .flat_map(|(ls, l, _)| l.resources().map(move |r| (ls, r)))
+            .map(|(ls, r)| {
                 let (lvb, valid, _) = r.lvb();
                 let mut info = ResourceInfo {
+                    lockspace: ls.to_string(),
                     name: String::from_utf8_lossy(r.name()).into_owned(),
                     lvb_valid: valid,
                     lvb_hex: lvb.iter().map(|b| format!("{b:02x}")).collect(),
@@ -413,6 +460,25 @@ impl Daemon {
                     }
                     Output::Callback(cb) => self.callback(cb),
                     Output::Membership(e) => self.membership(e),
+                    Output::Lockspace { name, event } => match event {
+                        LsEvent::RecoverPrep {
+                            generation,
+                            departed,
+                            ..
+                        } => info!(
+                            lockspace = %name,
+                            generation,
+                            departed = ?departed.iter().map(|m| m.id).collect::<Vec<_>>(),
+                            "lockspace recovery starts"
+                        ),
+                        LsEvent::RecoverDone { generation } => {
+                            info!(lockspace = %name, generation, "lockspace recovered; grants resume")
+                        }
+                        LsEvent::Left => info!(lockspace = %name, "left lockspace"),
+                        LsEvent::Lost { reason } => {
+                            warn!(lockspace = %name, %reason, "every lock in the lockspace is gone")
+                        }
+                    },
                 }
             }
         }
@@ -437,7 +503,7 @@ impl Daemon {
                     lkid,
                     error: error.to_string(),
                 },
-                !self.node.lockspace().has_lock(lkid),
+                !self.node.has_lock(lkid),
             ),
             Callback::Unlocked { lkid } => (lkid, Reply::Unlocked { lkid }, true),
             Callback::Blocking { lkid, mode } => (

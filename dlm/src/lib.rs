@@ -9,11 +9,14 @@
 //! - [`lockspace`]: one node's part of a lockspace — its locks, the
 //!   resources it masters, the directory entries that hash to it, master
 //!   lookup and routing, owner-side timeouts; `recover.rs` holds what it
-//!   does when the membership changes (directory rebuild, remastering, LVB
-//!   recovery, holds until the user's own recovery is done);
-//! - [`member`]: heartbeats, leases, proposals and commits of views,
-//!   slots;
-//! - [`node`]: membership and lockspace joined, what a driver runs;
+//!   does when its members change (directory rebuild, remastering, LVB
+//!   recovery, holds until the user's own recovery is done); `toss.rs`
+//!   frees resources nobody uses (toss list, `Remove`, the lookup/remove
+//!   race);
+//! - [`member`]: heartbeats, leases, proposals and commits of views (with
+//!   the lockspaces each member is in), slots;
+//! - [`node`]: membership and the lockspaces joined (join, leave, events
+//!   per lockspace), what a driver runs;
 //! - [`wire`]: the versioned, length-checked messages between nodes;
 //! - [`midcomms`]: per-peer reliable, ordered, exactly-once delivery across
 //!   reconnects and restarts (sequence numbers, cumulative acks,
@@ -33,8 +36,7 @@
 //!   / recover_done;
 //! - `src/bin/rdlm.rs`: the `rdlm` command.
 //!
-//! Not built yet: deadlock detection across nodes, clean leave. The crate
-//! knows nothing of disks or file systems.
+//! The crate knows nothing of disks or file systems.
 
 pub mod api;
 pub mod client;
@@ -49,11 +51,14 @@ pub mod node;
 mod recover;
 pub mod resource;
 pub mod tls;
+mod toss;
 pub mod transport;
 pub mod wire;
 
-pub use lockspace::{Callback, Lockspace, Output};
+pub use lockspace::{Callback, Lockspace, LsEvent, Output};
 pub use member::{MemberConfig, MemberEvent, Timing, View};
 pub use mode::Mode;
 pub use node::Node;
+pub use node::{lockspace_id, DEFAULT_LOCKSPACE};
 pub use resource::{Event, Flags, LockError, LockId, NodeId, Resource};
+pub use toss::MAX_TOSS;

@@ -22,8 +22,9 @@
 //! While recovery runs, or while this node's lease is not valid, API calls
 //! and lock traffic are held and run afterwards in order.
 //!
-//! Not here yet: freeing unused resources, deadlock detection across nodes,
-//! request timeouts.
+//! A node may be in several lockspaces (see [`crate::node`]): each is one
+//! of these, with its own members, directory and recovery; its messages
+//! carry its id. Freeing unused resources is in `toss.rs`.
 
 use crate::member::{MemberEvent, View};
 use crate::mode::Mode;
@@ -43,6 +44,34 @@ pub enum Output {
     /// From [`crate::node::Node`]: a membership change. After
     /// `MemberEvent::Lost` every lock of this node is gone.
     Membership(MemberEvent),
+    /// From [`crate::node::Node`]: something happened to one lockspace.
+    Lockspace {
+        name: String,
+        event: LsEvent,
+    },
+}
+
+/// What a [`crate::node::Node`] tells about one of its lockspaces (the
+/// lock_dlm callbacks, per lockspace: a file system on lockspace "fsA"
+/// hears only of fsA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LsEvent {
+    /// The lockspace's members changed (this node joined, or members
+    /// joined, left or died) and its recovery starts: grants stop until
+    /// `RecoverDone`. `departed`: members that are gone from it (with
+    /// their slots); `left`: those of them that left cleanly (nothing of
+    /// theirs to recover).
+    RecoverPrep {
+        generation: u32,
+        departed: Vec<crate::member::Member>,
+        left: Vec<crate::member::Member>,
+    },
+    /// The recovery announced by the last `RecoverPrep` finished.
+    RecoverDone { generation: u32 },
+    /// This node left the lockspace (a view without it committed).
+    Left,
+    /// Every lock of this node in the lockspace is gone; it joins again.
+    Lost { reason: String },
 }
 
 /// Completions and blocking callbacks for this node's locks.
@@ -132,13 +161,21 @@ pub struct Stats {
     pub ops_resent: u64,
     /// Messages that broke the protocol (logged by the driver).
     pub protocol_errors: u64,
+    /// Unused resources this node mastered and freed.
+    pub resources_freed: u64,
 }
+
+/// How long an unused resource is kept by default (10 s in milliseconds,
+/// the kernel's `toss_secs`).
+pub const DEFAULT_TOSS_TIME: u64 = 10_000;
 
 /// Most messages held for a generation this node has not reached.
 pub const MAX_FUTURE: usize = 1 << 16;
 
 pub struct Lockspace {
     pub(crate) id: NodeId,
+    /// This lockspace's id (carried in every message it sends).
+    pub(crate) ls_id: u32,
     pub(crate) generation: u32,
     pub(crate) members: Vec<NodeId>,
     /// Node -> (incarnation, generation in which it joined).
@@ -163,7 +200,7 @@ pub struct Lockspace {
     pub(crate) out: Vec<Output>,
     pub(crate) stats: Stats,
     /// The driver's clock as of the last call that passed it.
-    now: u64,
+    pub(crate) now: u64,
     /// Hold grants on what departed writers held until the user says their
     /// recovery is done ([`Lockspace::recovery_done`]).
     pub(crate) hold_on_recovery: bool,
@@ -172,6 +209,9 @@ pub struct Lockspace {
     /// Departed incarnations whose recovery was declared done.
     pub(crate) released: BTreeSet<(NodeId, u64)>,
     pub(crate) detector: crate::deadlock::Detector,
+    /// How long an unused resource is kept before it is freed.
+    pub(crate) toss_time: u64,
+    pub(crate) toss: crate::toss::Toss,
 }
 
 /// FNV-1a: stable across processes and versions, unlike std's hasher.
@@ -209,15 +249,28 @@ impl Lockspace {
 
     /// A lockspace that will learn its members from its first
     /// [`recover`](Lockspace::recover) call; until then operations wait.
+    /// It is the default lockspace; see [`Lockspace::joining_in`].
     pub fn joining(id: NodeId, lvb_len: usize) -> Lockspace {
+        Lockspace::joining_in(
+            id,
+            crate::node::lockspace_id(crate::node::DEFAULT_LOCKSPACE),
+            lvb_len,
+            1,
+        )
+    }
+
+    /// A joining lockspace with id `ls_id` whose lock ids start at
+    /// `first_lkid` (a node keeps its lock ids unique across lockspaces).
+    pub fn joining_in(id: NodeId, ls_id: u32, lvb_len: usize, first_lkid: u64) -> Lockspace {
         Lockspace {
             id,
+            ls_id,
             generation: 0,
             members: Vec::new(),
             incarnations: BTreeMap::new(),
             quorate: false,
             lvb_len,
-            next_lkid: 1,
+            next_lkid: first_lkid,
             mastered: BTreeMap::new(),
             directory: BTreeMap::new(),
             masters: BTreeMap::new(),
@@ -235,11 +288,23 @@ impl Lockspace {
             pending_hold: BTreeSet::new(),
             released: BTreeSet::new(),
             detector: Default::default(),
+            toss_time: DEFAULT_TOSS_TIME,
+            toss: Default::default(),
         }
     }
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// This lockspace's id (see [`crate::node::lockspace_id`]).
+    pub fn lockspace_id(&self) -> u32 {
+        self.ls_id
+    }
+
+    /// The members of this lockspace in its current generation.
+    pub fn members(&self) -> &[NodeId] {
+        &self.members
     }
 
     pub fn generation(&self) -> u32 {
@@ -403,10 +468,18 @@ impl Lockspace {
         self.now = self.now.max(now);
     }
 
-    /// Time passes: requests past their deadline are cancelled.
+    /// How long (in the driver's time units) a resource nobody here uses
+    /// is kept before it is freed.
+    pub fn set_toss_time(&mut self, t: u64) {
+        self.toss_time = t;
+    }
+
+    /// Time passes: requests past their deadline are cancelled, unused
+    /// resources past the toss time are freed.
     pub fn tick(&mut self, now: u64) {
         self.now = self.now.max(now);
         self.deadlock_tick(now);
+        self.toss_tick(now);
         let due: Vec<u64> = self
             .locks
             .iter()
@@ -478,6 +551,7 @@ impl Lockspace {
                 timed_out: false,
             },
         );
+        self.count_local(name, true);
         self.submit(lkid, op);
         Ok(lkid)
     }
@@ -601,6 +675,7 @@ impl Lockspace {
             msg: Message {
                 generation: self.generation,
                 from: self.id,
+                lockspace: self.ls_id,
                 body,
             },
         });
@@ -617,7 +692,17 @@ impl Lockspace {
         let dir = self.dir_node(&name);
         if dir == self.id {
             // We are the directory: the first asker (us) becomes master.
-            let master = *self.directory.entry(name.clone()).or_insert(self.id);
+            let master = match self.directory.get(&name) {
+                Some(&m) => m,
+                None => {
+                    self.directory.insert(name.clone(), self.id);
+                    let floor = self.toss.unbury(&name);
+                    if floor > 0 {
+                        self.toss.floors.insert(name.clone(), floor);
+                    }
+                    self.id
+                }
+            };
             self.masters.insert(name.clone(), master);
             return self.route(master, name, lkid, op);
         }
@@ -668,6 +753,10 @@ impl Lockspace {
         let id = LockId { node: owner, lkid };
         let lvb_len = self.lvb_len;
         let floor = u64::from(self.generation) << 32;
+        let floor = match self.mastered.contains_key(&name) {
+            true => floor,
+            false => floor.max(self.toss.floors.remove(&name).unwrap_or(0)),
+        };
         let res = match self.mastered.get_mut(&name) {
             Some(r) => Ok(r),
             None if matches!(op, Op::Request { .. }) => match Resource::new(&name, lvb_len) {
@@ -700,6 +789,12 @@ impl Lockspace {
             Err(_) if is_cancel => {}
             Err(error) => self.deliver_event(&name, Event::Failed { lock: id, error }),
         }
+        self.touch(&name);
+    }
+
+    /// A remote request, once this node knows it masters `name`.
+    pub(crate) fn master_request(&mut self, from: NodeId, name: Vec<u8>, lkid: u64, op: Op) {
+        self.master_apply(from, name, lkid, op);
     }
 
     /// Sends a master-side event to the lock's owner (or handles it here).
@@ -756,6 +851,7 @@ impl Lockspace {
             self.held.push_back(Message {
                 generation: self.generation,
                 from: self.id,
+                lockspace: self.ls_id,
                 body,
             });
         } else {
@@ -816,7 +912,9 @@ impl Lockspace {
                 }
                 return;
             }
-            Body::Failed { lkid, error, .. } => {
+            Body::Failed {
+                lkid, error, name, ..
+            } => {
                 let Some(l) = self.locks.get_mut(&lkid) else {
                     return;
                 };
@@ -835,13 +933,17 @@ impl Lockspace {
                 };
                 if l.granted.is_none() {
                     self.locks.remove(&lkid);
+                    self.count_local(&name, false);
+                    self.touch(&name);
                 }
                 Callback::Failed { lkid, error }
             }
-            Body::Unlocked { lkid, .. } => {
+            Body::Unlocked { lkid, name } => {
                 if self.locks.remove(&lkid).is_none() {
                     return;
                 }
+                self.count_local(&name, false);
+                self.touch(&name);
                 Callback::Unlocked { lkid }
             }
             Body::Blocking { lkid, mode, .. } => {
@@ -921,16 +1023,32 @@ impl Lockspace {
                     self.answer_lookup(from, name);
                 }
             }
-            Body::LookupReply { name, master } => {
+            Body::LookupReply {
+                name,
+                master,
+                floor,
+            } => {
                 if !current || !self.members.contains(&master) {
                     self.stats.stale_dropped += 1;
                 } else if self.recovery.is_some() {
                     self.recovery_lookup_reply(name, master);
                 } else {
+                    if master == self.id && floor > 0 {
+                        self.toss.floors.insert(name.clone(), floor);
+                    }
                     self.masters.insert(name.clone(), master);
                     for (lkid, op) in self.awaiting_lookup.remove(&name).unwrap_or_default() {
                         self.route(master, name.clone(), lkid, op);
                     }
+                    self.early_requests(&name, master);
+                    self.touch(&name);
+                }
+            }
+            Body::Remove { name, seq } => {
+                if current {
+                    self.receive_remove(from, name, seq);
+                } else {
+                    self.stats.stale_dropped += 1;
                 }
             }
             body @ (Body::DirEntry { .. }
@@ -957,10 +1075,11 @@ impl Lockspace {
                     self.held.push_back(Message {
                         generation: msg.generation,
                         from,
+                        lockspace: self.ls_id,
                         body,
                     });
                 } else {
-                    self.lock_traffic(from, msg.generation, body);
+                    self.lock_traffic(from, body);
                 }
             }
             body @ (Body::EdgesRequest { .. } | Body::Edges { .. } | Body::Victim { .. }) => {
@@ -977,48 +1096,51 @@ impl Lockspace {
 
     pub(crate) fn answer_lookup(&mut self, from: NodeId, name: Vec<u8>) {
         // The first node to ask becomes the master.
-        let master = *self.directory.entry(name.clone()).or_insert(from);
+        let (master, floor) = match self.directory.get(&name) {
+            Some(&m) => (m, 0),
+            None => {
+                self.directory.insert(name.clone(), from);
+                (from, self.toss.unbury(&name))
+            }
+        };
         if from == self.id {
             self.recovery_lookup_reply(name, master);
         } else {
-            self.send(from, Body::LookupReply { name, master });
+            self.send(
+                from,
+                Body::LookupReply {
+                    name,
+                    master,
+                    floor,
+                },
+            );
         }
     }
 
-    fn lock_traffic(&mut self, from: NodeId, generation: u32, body: Body) {
+    fn lock_traffic(&mut self, from: NodeId, body: Body) {
         match body {
-            Body::Request { lkid, name, .. }
-                if generation < self.generation && !self.mastered.contains_key(&name) =>
-            {
-                // The owner was told in an older view that we master this,
-                // but we never took it up and the directory has since been
-                // rebuilt without it: creating it now could make a second
-                // master. Send the owner back to the directory.
-                self.send(
-                    from,
-                    Body::Failed {
-                        lkid,
-                        name,
-                        error: LockError::NotMaster,
-                    },
-                );
-            }
             Body::Request {
                 lkid,
                 name,
                 mode,
                 flags,
                 owner,
-            } => self.master_apply(
-                from,
-                name,
-                lkid,
-                Op::Request {
+            } => {
+                let op = Op::Request {
                     mode,
                     flags: Flags(flags),
                     owner,
-                },
-            ),
+                };
+                if self.mastered.contains_key(&name) {
+                    self.master_apply(from, name, lkid, op);
+                } else {
+                    // Named master by a directory entry we never took up
+                    // (its answer was lost to a view change) or one for a
+                    // resource we freed since: creating it now could make a
+                    // second master. See `toss.rs`.
+                    self.request_unmastered(from, name, lkid, op);
+                }
+            }
             Body::Convert {
                 lkid,
                 name,

@@ -36,7 +36,14 @@
 //!
 //! Slots: each member keeps its slot (from 1) as long as the same
 //! incarnation stays; newcomers take the lowest free one. The file system
-//! uses the slot as its journal id.
+//! uses the slot as its journal id. Slots are cluster-wide, whatever
+//! lockspaces a node is in.
+//!
+//! Lockspaces: each node tells the lockspaces it is in (each under a join
+//! id) in its heartbeats and accepts; a view records, for every member,
+//! what it said when it accepted, and the coordinator proposes a new view
+//! when what it hears differs from the committed one. So joins and leaves
+//! of lockspaces are agreed like membership itself.
 //!
 //! Clocks: all times are one node's own monotonic clock; no clock is
 //! compared with another node's. Rates may drift by less than `heartbeat /
@@ -49,12 +56,26 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// Most nodes in one cluster.
 pub const MAX_NODES: usize = 64;
 
-/// One member of a view: a node, which run of it, and its slot.
+/// A lockspace a node is in: (lockspace id, the id of that join). A node
+/// that leaves a lockspace and joins it again does so under a new join id,
+/// as a restarted node comes back under a new incarnation.
+pub type LsJoin = (u32, u64);
+
+/// One member of a view: a node, which run of it, its slot, and the
+/// lockspaces it is in (sorted by lockspace id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub id: NodeId,
     pub incarnation: u64,
     pub slot: u32,
+    pub lockspaces: Vec<LsJoin>,
+}
+
+impl Member {
+    /// The join id under which this member is in lockspace `ls`.
+    pub fn join_of(&self, ls: u32) -> Option<u64> {
+        self.lockspaces.iter().find(|j| j.0 == ls).map(|j| j.1)
+    }
 }
 
 /// A committed membership.
@@ -82,6 +103,12 @@ impl View {
             if m.slot == 0 || !slots.insert(m.slot) {
                 return Err(format!("node {} has slot {}, zero or taken", m.id, m.slot));
             }
+            if m.lockspaces.windows(2).any(|w| w[0].0 >= w[1].0) {
+                return Err(format!(
+                    "node {} lists its lockspaces unsorted or twice",
+                    m.id
+                ));
+            }
         }
         Ok(View {
             generation,
@@ -104,6 +131,16 @@ impl View {
 
     fn pairs(&self) -> Vec<(NodeId, u64)> {
         self.members.iter().map(|m| (m.id, m.incarnation)).collect()
+    }
+
+    /// The members in lockspace `ls`, as a view of their own (same
+    /// generation).
+    pub fn of_lockspace(&self, ls: u32) -> Vec<Member> {
+        self.members
+            .iter()
+            .filter(|m| m.join_of(ls).is_some())
+            .cloned()
+            .collect()
     }
 }
 
@@ -187,10 +224,12 @@ pub enum MemberOutput {
 struct Heard {
     at: u64,
     incarnation: u64,
+    lockspaces: Vec<LsJoin>,
 }
 
-/// What an acceptor accepted before, and what it last committed.
-type Acceptance = (Vec<(NodeId, u64)>, Option<View>);
+/// What an acceptor accepted before, what it last committed, and its
+/// lockspaces when it accepted.
+type Acceptance = (Vec<(NodeId, u64)>, Option<View>, Vec<LsJoin>);
 
 #[derive(Debug, Clone)]
 struct Proposal {
@@ -220,6 +259,9 @@ pub struct Membership {
     left: BTreeSet<(NodeId, u64)>,
     /// This incarnation is leaving: it acknowledges and accepts nothing.
     leaving: bool,
+    /// The lockspaces this node is in or joining (sorted), as heartbeats
+    /// and accepts tell them.
+    lockspaces: Vec<LsJoin>,
     max_generation: u32,
     hb: u64,
     next_heartbeat: u64,
@@ -257,6 +299,7 @@ impl Membership {
             excluded: BTreeSet::new(),
             left: BTreeSet::new(),
             leaving: false,
+            lockspaces: Vec::new(),
             max_generation: generation_floor,
             hb: 0,
             next_heartbeat: 0,
@@ -323,6 +366,7 @@ impl Membership {
             msg: Message {
                 generation,
                 from: self.id,
+                lockspace: 0,
                 body,
             },
         });
@@ -380,6 +424,27 @@ impl Membership {
         self.leaving
     }
 
+    /// The lockspaces this node is in or joining: the coordinator proposes
+    /// a new view when they differ from the committed one, and the view
+    /// records what each member said when it accepted.
+    pub fn set_lockspaces(&mut self, mut v: Vec<LsJoin>) {
+        v.sort_unstable();
+        v.dedup_by_key(|j| j.0);
+        self.lockspaces = v;
+    }
+
+    pub fn lockspaces(&self) -> &[LsJoin] {
+        &self.lockspaces
+    }
+
+    /// The lockspaces `id` was last heard to be in.
+    fn wanted(&self, id: NodeId) -> &[LsJoin] {
+        if id == self.id {
+            return &self.lockspaces;
+        }
+        self.heard.get(&id).map_or(&[], |h| &h.lockspaces)
+    }
+
     /// Only checks the lease (before acting on a lock message or call).
     pub fn tick_lease(&mut self, now: u64) {
         self.check_lease(now);
@@ -409,6 +474,7 @@ impl Membership {
                         Body::Heartbeat {
                             incarnation: inc,
                             hb,
+                            lockspaces: self.lockspaces.clone(),
                         },
                     );
                 }
@@ -450,7 +516,12 @@ impl Membership {
             return;
         }
         let current = self.committed.as_ref().map(View::pairs);
-        if current.as_ref() == Some(&alive) {
+        let same_lockspaces = self.committed.as_ref().is_some_and(|v| {
+            v.members
+                .iter()
+                .all(|m| m.lockspaces.as_slice() == self.wanted(m.id))
+        });
+        if current.as_ref() == Some(&alive) && same_lockspaces {
             return;
         }
         let generation = self.max_generation.max(self.generation()) + 1;
@@ -502,11 +573,13 @@ impl Membership {
             incarnation: self.incarnation,
             previous,
             committed: self.committed.clone(),
+            lockspaces: self.lockspaces.clone(),
         };
         if from == self.id {
             let msg = Message {
                 generation,
                 from,
+                lockspace: 0,
                 body,
             };
             self.on_accept(now, msg);
@@ -520,17 +593,28 @@ impl Membership {
             incarnation,
             previous,
             committed,
+            lockspaces,
         } = msg.body
         else {
             return;
         };
+        if let Some(h) = self.heard.get_mut(&msg.from) {
+            if h.incarnation == incarnation {
+                h.lockspaces.clone_from(&lockspaces);
+            }
+        }
         let Some(p) = self.proposal.as_mut() else {
             return;
         };
         if p.generation != msg.generation || !p.members.contains(&(msg.from, incarnation)) {
             return;
         }
-        p.accepts.insert(msg.from, (previous, committed));
+        // Sorted, as views keep them (a peer's list is unique but may
+        // come in any order).
+        let mut lockspaces = lockspaces;
+        lockspaces.sort_unstable();
+        p.accepts
+            .insert(msg.from, (previous, committed, lockspaces));
         if p.accepts.len() < p.members.len() || p.commit_at.is_some() {
             return;
         }
@@ -538,7 +622,7 @@ impl Membership {
         // have acknowledged is being dropped.
         let left = &self.left;
         let dropped = |m: &(NodeId, u64)| !p.members.contains(m) && !left.contains(m);
-        let dropping = p.accepts.values().any(|(prev, com)| {
+        let dropping = p.accepts.values().any(|(prev, com, _)| {
             prev.iter().any(dropped) || com.as_ref().is_some_and(|v| v.pairs().iter().any(dropped))
         });
         let t = self.cfg.timing;
@@ -560,23 +644,27 @@ impl Membership {
         let base = p
             .accepts
             .values()
-            .filter_map(|(_, c)| c.as_ref())
+            .filter_map(|(_, c, _)| c.as_ref())
             .max_by_key(|v| v.generation)
             .cloned();
         let mut members = Vec::new();
         let mut used = BTreeSet::new();
         let mut newcomers = Vec::new();
         for &(id, incarnation) in &p.members {
+            let lockspaces = p.accepts.get(&id).map(|a| a.2.clone()).unwrap_or_default();
             match base.as_ref().and_then(|b| b.member(id)) {
                 Some(m) if m.incarnation == incarnation => {
                     used.insert(m.slot);
-                    members.push(m.clone());
+                    members.push(Member {
+                        lockspaces,
+                        ..m.clone()
+                    });
                 }
-                _ => newcomers.push((id, incarnation)),
+                _ => newcomers.push((id, incarnation, lockspaces)),
             }
         }
         let mut slot = 1;
-        for (id, incarnation) in newcomers {
+        for (id, incarnation, lockspaces) in newcomers {
             while used.contains(&slot) {
                 slot += 1;
             }
@@ -585,6 +673,7 @@ impl Membership {
                 id,
                 incarnation,
                 slot,
+                lockspaces,
             });
         }
         let view = match View::new(p.generation, members) {
@@ -643,12 +732,17 @@ impl Membership {
         }
         let from = msg.from;
         match msg.body {
-            Body::Heartbeat { incarnation, hb } => {
+            Body::Heartbeat {
+                incarnation,
+                hb,
+                lockspaces,
+            } => {
                 self.heard.insert(
                     from,
                     Heard {
                         at: now,
                         incarnation,
+                        lockspaces,
                     },
                 );
                 self.max_generation = self.max_generation.max(msg.generation);

@@ -151,7 +151,10 @@ impl Lockspace {
             for e in events {
                 self.deliver_event(name, e);
             }
+            self.touch(name);
         }
+        // Requests that waited for a lookup recovery drops go back.
+        self.early_to_owners();
         // Granted locks whose master left: their resources need new ones.
         let lost: Vec<Vec<u8>> = self
             .locks
@@ -197,6 +200,7 @@ impl Lockspace {
 
         // The directory starts over from what the masters say.
         self.directory.clear();
+        self.toss.new_generation();
         let mastered: Vec<Vec<u8>> = self.mastered.keys().cloned().collect();
         for name in mastered {
             let dir = self.dir_node(&name);

@@ -1,18 +1,22 @@
 //! Messages between lock manager nodes and their byte encoding.
 //!
 //! Every message is one frame: a fixed header (magic, protocol version,
-//! type, lockspace generation, sender, body length) and a body whose length
-//! the header states exactly. Decoding is total: any byte string yields a
+//! type, generation, sender, lockspace id, body length) and a body whose
+//! length the header states exactly. The lockspace id names the lockspace
+//! a lock, directory, recovery or deadlock message concerns (0 for
+//! membership messages, which concern the whole cluster). Decoding is total: any byte string yields a
 //! message or a [`WireError`] naming what was wrong; nothing panics, nothing
 //! allocates more than the frame limit. No I/O here.
 
-use crate::member::{Member, View, MAX_NODES};
+use crate::member::{LsJoin, Member, View, MAX_NODES};
 use crate::mode::Mode;
 use crate::resource::{LockError, LockId, NodeId, MAX_NAME};
 
 pub const MAGIC: u16 = 0x524c; // "RL"
-pub const VERSION: u8 = 2;
-pub const HEADER_LEN: usize = 16;
+pub const VERSION: u8 = 3;
+pub const HEADER_LEN: usize = 20;
+/// Most lockspaces one node is in (bounds heartbeats and views).
+pub const MAX_LOCKSPACES: usize = 16;
 /// Largest body accepted (names, LVBs, texts and lists are all bounded).
 pub const MAX_BODY: usize = 65536;
 /// Most wait-for edges one node reports in a deadlock detection round (a
@@ -34,10 +38,13 @@ pub enum Body {
     Lookup {
         name: Vec<u8>,
     },
-    /// The directory's answer.
+    /// The directory's answer. `floor`: when the asker becomes the master
+    /// of a name whose resource was freed in this generation, the last
+    /// grant number handed out for it (fencing tokens only grow).
     LookupReply {
         name: Vec<u8>,
         master: NodeId,
+        floor: u64,
     },
     /// To a master: a new lock, on behalf of `owner` (0: the lock alone).
     Request {
@@ -95,9 +102,12 @@ pub enum Body {
     // Membership (the header's generation is the sender's committed one,
     // or for Propose/Accept/Commit the proposed one).
     /// "I am alive": sent to every configured node each heartbeat period.
+    /// `lockspaces`: the lockspaces the sender is in or joining, each with
+    /// the id of that join (what the coordinator proposes views from).
     Heartbeat {
         incarnation: u64,
         hb: u64,
+        lockspaces: Vec<LsJoin>,
     },
     /// "You are in my membership": renews the sender's part of the
     /// receiver's lease, for that incarnation only.
@@ -120,10 +130,12 @@ pub enum Body {
     },
     /// To the coordinator: accepted; what the acceptor accepted before and
     /// the last membership it committed.
+    /// `lockspaces`: the acceptor's lockspaces now (the view records these).
     Accept {
         incarnation: u64,
         previous: Vec<(NodeId, u64)>,
         committed: Option<View>,
+        lockspaces: Vec<LsJoin>,
     },
     /// From the coordinator: every proposed member accepted.
     Commit {
@@ -137,6 +149,14 @@ pub enum Body {
     },
     /// The sender has sent all its directory entries.
     DirDone,
+    /// To the directory node (generation-strict): the sender no longer
+    /// masters `name` (it freed the unused resource); drop the entry if it
+    /// still names the sender.
+    Remove {
+        name: Vec<u8>,
+        /// The resource's last grant number.
+        seq: u64,
+    },
     /// To the new master of a resource whose master left: one of the
     /// sender's locks on it.
     RecoverLock {
@@ -210,6 +230,8 @@ pub enum LvbSource {
 pub struct Message {
     pub generation: u32,
     pub from: NodeId,
+    /// The lockspace (see [`crate::node::lockspace_id`]); 0 for membership.
+    pub lockspace: u32,
     pub body: Body,
 }
 
@@ -285,6 +307,15 @@ impl Writer {
             self.u32(m.id);
             self.u64(m.incarnation);
             self.u32(m.slot);
+            self.joins(&m.lockspaces);
+        }
+    }
+    fn joins(&mut self, v: &[LsJoin]) {
+        let v = &v[..v.len().min(MAX_LOCKSPACES)];
+        self.u8(v.len() as u8);
+        for (id, join) in v {
+            self.u32(*id);
+            self.u64(*join);
         }
     }
 }
@@ -394,10 +425,29 @@ impl<'a> Reader<'a> {
                     id: self.u32()?,
                     incarnation: self.u64()?,
                     slot: self.u32()?,
+                    lockspaces: self.joins()?,
                 })
             })
             .collect::<Result<Vec<_>, WireError>>()?;
         View::new(generation, members).map_err(|e| self.err(e))
+    }
+    fn joins(&mut self) -> Result<Vec<LsJoin>, WireError> {
+        let n = usize::from(self.u8()?);
+        if n > MAX_LOCKSPACES {
+            return Err(self.err(format!("{n} lockspaces exceed {MAX_LOCKSPACES}")));
+        }
+        let v = (0..n)
+            .map(|_| Ok((self.u32()?, self.u64()?)))
+            .collect::<Result<Vec<LsJoin>, WireError>>()?;
+        if v.iter().any(|(id, _)| *id == 0) {
+            return Err(self.err("lockspace id 0"));
+        }
+        for (i, a) in v.iter().enumerate() {
+            if v[..i].iter().any(|b| b.0 == a.0) {
+                return Err(self.err(format!("lockspace {:#x} listed twice", a.0)));
+            }
+        }
+        Ok(v)
     }
     fn lvb_source(&mut self) -> Result<LvbSource, WireError> {
         match self.u8()? {
@@ -444,6 +494,7 @@ fn type_of(b: &Body) -> u8 {
         Body::EdgesRequest { .. } => 23,
         Body::Edges { .. } => 24,
         Body::Victim { .. } => 25,
+        Body::Remove { .. } => 27,
     }
 }
 
@@ -518,9 +569,14 @@ impl Message {
         let mut w = Writer(Vec::with_capacity(64));
         match &self.body {
             Body::Lookup { name } => w.bytes(name),
-            Body::LookupReply { name, master } => {
+            Body::LookupReply {
+                name,
+                master,
+                floor,
+            } => {
                 w.bytes(name);
                 w.u32(*master);
+                w.u64(*floor);
             }
             Body::Request {
                 lkid,
@@ -590,9 +646,14 @@ impl Message {
                 w.bytes(name);
                 w.u8(*mode as u8);
             }
-            Body::Heartbeat { incarnation, hb } => {
+            Body::Heartbeat {
+                incarnation,
+                hb,
+                lockspaces,
+            } => {
                 w.u64(*incarnation);
                 w.u64(*hb);
+                w.joins(lockspaces);
             }
             Body::HeartbeatAck { hb, incarnation } => {
                 w.u64(*hb);
@@ -604,6 +665,7 @@ impl Message {
                 incarnation,
                 previous,
                 committed,
+                lockspaces,
             } => {
                 w.u64(*incarnation);
                 w.ids(previous);
@@ -614,9 +676,14 @@ impl Message {
                     }
                     None => w.u8(0),
                 }
+                w.joins(lockspaces);
             }
             Body::Commit { view } => w.view(view),
             Body::DirEntry { name } => w.bytes(name),
+            Body::Remove { name, seq } => {
+                w.bytes(name);
+                w.u64(*seq);
+            }
             Body::DirDone | Body::LocksDone => {}
             Body::RecoveryDone { pending, released } => {
                 w.ids(pending);
@@ -673,6 +740,7 @@ impl Message {
         out.push(type_of(&self.body));
         out.extend_from_slice(&self.generation.to_be_bytes());
         out.extend_from_slice(&self.from.to_be_bytes());
+        out.extend_from_slice(&self.lockspace.to_be_bytes());
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());
         out.extend_from_slice(&body);
         out
@@ -693,7 +761,8 @@ impl Message {
         let ty = frame[3];
         let generation = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
         let from = u32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
-        let stated = u32::from_be_bytes([frame[12], frame[13], frame[14], frame[15]]) as usize;
+        let lockspace = u32::from_be_bytes([frame[12], frame[13], frame[14], frame[15]]);
+        let stated = u32::from_be_bytes([frame[16], frame[17], frame[18], frame[19]]) as usize;
         if stated > MAX_BODY {
             return Err(WireError::TooLarge(stated));
         }
@@ -713,6 +782,7 @@ impl Message {
             2 => Body::LookupReply {
                 name: r.name()?,
                 master: r.u32()?,
+                floor: r.u64()?,
             },
             3 => Body::Request {
                 lkid: r.u64()?,
@@ -764,6 +834,7 @@ impl Message {
             11 => Body::Heartbeat {
                 incarnation: r.u64()?,
                 hb: r.u64()?,
+                lockspaces: r.joins()?,
             },
             12 => Body::HeartbeatAck {
                 hb: r.u64()?,
@@ -780,10 +851,15 @@ impl Message {
                 incarnation: r.u64()?,
                 previous: r.ids()?,
                 committed: if r.bool()? { Some(r.view()?) } else { None },
+                lockspaces: r.joins()?,
             },
             16 => Body::Commit { view: r.view()? },
             17 => Body::DirEntry { name: r.name()? },
             18 => Body::DirDone,
+            27 => Body::Remove {
+                name: r.name()?,
+                seq: r.u64()?,
+            },
             19 => Body::RecoverLock {
                 lkid: r.u64()?,
                 name: r.name()?,
@@ -831,9 +907,26 @@ impl Message {
             t => return Err(WireError::UnknownType(t)),
         };
         r.end()?;
+        let membership = matches!(
+            body,
+            Body::Heartbeat { .. }
+                | Body::HeartbeatAck { .. }
+                | Body::Excluded { .. }
+                | Body::Leave { .. }
+                | Body::Propose { .. }
+                | Body::Accept { .. }
+                | Body::Commit { .. }
+        );
+        if membership != (lockspace == 0) {
+            return Err(WireError::Malformed {
+                what: "header",
+                detail: format!("lockspace {lockspace:#x} on a message of type {ty}"),
+            });
+        }
         Ok(Message {
             generation,
             from,
+            lockspace,
             body,
         })
     }

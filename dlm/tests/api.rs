@@ -266,6 +266,7 @@ async fn recovery_hold_until_recovery_done() {
     assert_eq!(
         ev,
         DlmEvent::RecoverSlot {
+            lockspace: "default".into(),
             node: 3,
             incarnation: s3.incarnation,
             slot: slot3
@@ -417,4 +418,77 @@ async fn a_deadlock_across_nodes_fails_one_request_and_the_other_goes_on() {
     })
     .await
     .expect("the other owner got its second lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockspace_join_and_leave_through_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = cluster(&dir);
+    let mut nodes = start3(&cfg, true).await;
+    let n1 = nodes[0].0.clone();
+    let n2 = nodes[1].0.clone();
+    let n3 = nodes[2].0.clone();
+    let fs_a =
+        |e: &DlmEvent| matches!(e, DlmEvent::RecoverDone { lockspace, .. } if lockspace == "fsA");
+    n1.join_lockspace("fsA").await.expect("join 1");
+    n2.join_lockspace("fsA").await.expect("join 2");
+    // Node 1 hears of fsA's recovery (with itself in it) once both joined.
+    loop {
+        next_event(&mut nodes[0].1, "RecoverDone fsA", fs_a).await;
+        let s = n1.status().await.expect("status");
+        let ls = s.lockspaces.iter().find(|l| l.name == "fsA").expect("fsA");
+        if ls.members == [1, 2] && !ls.recovering {
+            break;
+        }
+    }
+    // The same name in two lockspaces: two resources.
+    let a = timeout(
+        LONG,
+        n1.lock_in("fsA", 0, b"r", Mode::EX, Flags::NONE, false, None),
+    )
+    .await
+    .expect("bounded")
+    .expect("EX in fsA");
+    timeout(LONG, n2.lock(b"r", Mode::EX, Flags::NONE, false, None))
+        .await
+        .expect("bounded")
+        .expect("EX in the default lockspace");
+    let e = n3
+        .lock_in("fsA", 0, b"r", Mode::NL, Flags::NONE, false, None)
+        .await
+        .expect_err("node 3 is not in fsA");
+    assert!(e.to_string().contains("not joined"), "{e}");
+
+    // Node 2 leaves fsA: the call resolves once it is out; node 1 hears
+    // of the departure, with no RecoverSlot (a clean leave) and no hold.
+    timeout(LONG, n2.leave_lockspace("fsA"))
+        .await
+        .expect("bounded")
+        .expect("leave fsA");
+    let ev = next_event(&mut nodes[0].1, "RecoverPrep fsA", |e| {
+        matches!(e, DlmEvent::RecoverPrep { lockspace, departed, .. } if lockspace == "fsA" && !departed.is_empty())
+    })
+    .await;
+    let DlmEvent::RecoverPrep { departed, .. } = ev else {
+        unreachable!()
+    };
+    assert_eq!(departed.iter().map(|m| m.id).collect::<Vec<_>>(), [2]);
+    loop {
+        match timeout(LONG, nodes[0].1.recv()).await.expect("bounded") {
+            Some(DlmEvent::RecoverSlot { .. }) => panic!("a clean leave needs no recovery"),
+            Some(DlmEvent::RecoverDone { lockspace, .. }) if lockspace == "fsA" => break,
+            Some(_) => {}
+            None => panic!("event stream closed"),
+        }
+    }
+    let s = n1.status().await.expect("status");
+    let ls = s.lockspaces.iter().find(|l| l.name == "fsA").expect("fsA");
+    assert_eq!(ls.members, [1]);
+    assert!(ls.pending_recovery.is_empty());
+    assert_eq!(ls.locks, 1, "node 1's lock survived the leave");
+    n1.unlock(a.lkid, None).await.expect("unlock");
+    assert!(n2
+        .lock_in("fsA", 0, b"r", Mode::NL, Flags::NONE, false, None)
+        .await
+        .is_err());
 }

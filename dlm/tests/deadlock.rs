@@ -44,7 +44,7 @@ impl Net {
                             self.nodes[(to - 1) as usize].receive(msg);
                         }
                         Output::Callback(cb) => self.seen.push((i as u32 + 1, cb)),
-                        Output::Membership(_) => {}
+                        Output::Membership(_) | Output::Lockspace { .. } => {}
                     }
                 }
             }

@@ -4,20 +4,28 @@
 //! reliable streams give), partitions (messages wait until the cut heals,
 //! as the transport resends them), crashes (a crashed process's queues are
 //! lost; what it already sent may or may not arrive) and restarts as new
-//! incarnations. Clients on every node request, convert, cancel and release
-//! locks on a few contended resources; every message crosses the codec.
+//! incarnations. Each seed uses 2 or 3 lockspaces: nodes start in a random
+//! set of them and join and leave them at random (a leave only without
+//! locks there). Clients on every node request, convert, cancel and release
+//! locks on a few contended resources per lockspace (the same names in
+//! each); unused resources are freed after a short toss time, so frees race
+//! with lookups all the time; every message crosses the codec.
 //!
-//! Safety, checked after every step, over what every live node *believes*
-//! (a node believes a lock from its grant until it sends the release, or
-//! until the node learns its lease is gone):
+//! Safety, checked after every step and per lockspace, over what every
+//! live node *believes* (a node believes a lock from its grant until it
+//! sends the release, or until the node learns its lease is gone):
 //! - no two incompatible modes are believed on one resource at once;
 //! - no grant sequence number (fencing token) is handed out twice on a
 //!   resource;
-//! - a valid LVB granted in PR/PW/EX is never older than one seen before.
+//! - a valid LVB granted in PR/PW/EX is never older than one seen before;
+//! - no node holds a recovery hold for an incarnation in its view (a clean
+//!   lockspace leave puts none).
 //!
 //! Liveness: once the network heals and every node is back, all nodes agree
-//! on one view, and after the clients let go every operation completes and
-//! no lock is left.
+//! on one view (every lockspace join and leave done), and after the clients
+//! let go every operation completes and no lock is left; then every node
+//! takes and drops PR locks on many names, and once the toss time is past
+//! no node keeps a resource, a directory entry or a cached master.
 //!
 //! A failing seed is printed; `RDLM_SIM_SEED=<seed>` replays exactly that
 //! one, `RDLM_SIM_TRACE=1` prints every event, `RDLM_SIM_SEEDS=<n>` runs
@@ -30,6 +38,18 @@ use rdlm::{Callback, Flags, Lockspace, MemberConfig, MemberEvent, Mode, Node, Ou
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 const NAMES: [&[u8]; 4] = [b"inode/1", b"inode/2", b"rgrp/0", b"journal/3"];
+/// The lockspaces a seed may use (2 or 3 of them); the same names in two
+/// lockspaces are two resources.
+const LOCKSPACES: [&str; 3] = ["fsA", "fsB", "fsC"];
+
+/// A resource of the simulation: lockspace index * NAMES.len() + name index.
+fn res_name(res: usize) -> String {
+    format!(
+        "{}/{}",
+        LOCKSPACES[res / NAMES.len()],
+        String::from_utf8_lossy(NAMES[res % NAMES.len()])
+    )
+}
 const LVB: usize = 32;
 /// Deadlock detection rounds, in simulated milliseconds.
 const DEADLOCK_EVERY: u64 = 25;
@@ -52,6 +72,16 @@ enum Belief {
     },
     /// Unlock sent: nothing relied on any more.
     Releasing,
+}
+
+fn cb_lkid(cb: &Callback) -> u64 {
+    match cb {
+        Callback::Granted { lkid, .. }
+        | Callback::Failed { lkid, .. }
+        | Callback::Unlocked { lkid }
+        | Callback::Blocking { lkid, .. } => *lkid,
+        Callback::Recovered { .. } => 0,
+    }
 }
 
 fn trace() -> bool {
@@ -94,6 +124,15 @@ struct Sim {
     releases: u64,
     deadlocks: u64,
     leaves: u64,
+    /// How many of LOCKSPACES this seed uses.
+    spaces: usize,
+    ls_joins: u64,
+    ls_leaves: u64,
+    /// How long unused resources are kept (simulated ms) in this seed.
+    toss: u64,
+    /// Locks of the last phase (many names): granted yet?
+    extra: BTreeMap<(u32, u64), bool>,
+    freed: u64,
 }
 
 impl Sim {
@@ -106,19 +145,13 @@ impl Sim {
             two_node: false,
         };
         let hold = rng.gen_bool(0.5);
-        let nodes = (1..=n)
-            .map(|id| {
-                let mut node = Node::new(id, u64::from(id) << 32, 0, cfg.clone(), LVB).unwrap();
-                node.set_recovery_hold(hold);
-                node.set_deadlock_detection(DEADLOCK_EVERY);
-                Some(node)
-            })
-            .collect();
-        Sim {
+        let spaces = rng.gen_range(2..=LOCKSPACES.len());
+        let toss = rng.gen_range(20..300);
+        let mut sim = Sim {
             rng,
             now: 0,
             cfg,
-            nodes,
+            nodes: Vec::new(),
             next_incarnation: 1,
             net: BTreeMap::new(),
             cut: BTreeSet::new(),
@@ -136,7 +169,51 @@ impl Sim {
             releases: 0,
             deadlocks: 0,
             leaves: 0,
+            spaces,
+            ls_joins: 0,
+            ls_leaves: 0,
+            toss,
+            extra: BTreeMap::new(),
+            freed: 0,
+        };
+        for id in 1..=n {
+            let node = sim.make_node(id, u64::from(id) << 32, 0);
+            sim.nodes.push(Some(node));
         }
+        sim
+    }
+
+    /// A new process of node `id`, in a random non-empty set of the
+    /// seed's lockspaces.
+    fn make_node(&mut self, id: u32, inc: u64, floor: u32) -> Node {
+        let mut names: Vec<&str> = LOCKSPACES[..self.spaces]
+            .iter()
+            .copied()
+            .filter(|_| self.rng.gen_bool(0.7))
+            .collect();
+        if names.is_empty() {
+            names.push(LOCKSPACES[self.rng.gen_range(0..self.spaces)]);
+        }
+        let mut node =
+            Node::with_lockspaces(id, inc, floor, self.cfg.clone(), LVB, &names).unwrap();
+        node.set_recovery_hold(self.hold);
+        node.set_deadlock_detection(DEADLOCK_EVERY);
+        node.set_toss_time(self.toss);
+        node
+    }
+
+    /// The seed's lockspaces node `id` may take locks in (joined, not
+    /// being left).
+    fn joined(&self, id: u32) -> Vec<usize> {
+        let Some(n) = self.nodes[(id - 1) as usize].as_ref() else {
+            return Vec::new();
+        };
+        (0..self.spaces)
+            .filter(|i| {
+                n.lockspaces()
+                    .any(|(name, _, leaving)| name == LOCKSPACES[*i] && !leaving)
+            })
+            .collect()
     }
 
     fn n(&self) -> u32 {
@@ -164,6 +241,7 @@ impl Sim {
                     });
                 }
                 Output::Callback(cb) => self.callback(id, cb)?,
+                Output::Lockspace { .. } => {}
                 Output::Membership(e) => {
                     if trace() {
                         eprintln!("[{}] node {id}: {e:?}", self.now);
@@ -199,15 +277,68 @@ impl Sim {
         }
         self.beliefs.retain(|(n, _), _| *n != id);
         self.noexp.retain(|(n, _)| *n != id);
+        self.extra.retain(|(n, _), _| *n != id);
+    }
+
+    /// Recovery holds are for departed incarnations only: a member that
+    /// left a lockspace cleanly (and is still in the view) is never held
+    /// for.
+    fn check_holds(&self) -> Result<(), String> {
+        for n in self.nodes.iter().flatten() {
+            let Some(v) = n.view() else { continue };
+            for (name, l, _) in n.lockspaces() {
+                if let Some(p) = l.pending_recovery().find(|p| v.contains(p.0, p.1)) {
+                    return Err(format!(
+                        "at {}: node {} holds {name} for node {}/{}, a member of its view",
+                        self.now,
+                        n.id(),
+                        p.0,
+                        p.1
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A node joins or leaves one of the seed's lockspaces (a leave is
+    /// refused while it has locks there).
+    fn ls_step(&mut self) -> Result<(), String> {
+        let live = self.live();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let id = live[self.rng.gen_range(0..live.len())];
+        let ls = self.rng.gen_range(0..self.spaces);
+        let now = self.now;
+        let joined = self.joined(id).contains(&ls);
+        let Some(n) = self.nodes[(id - 1) as usize].as_mut() else {
+            return Ok(());
+        };
+        if joined {
+            if n.leave_lockspace(now, LOCKSPACES[ls]).is_ok() {
+                if trace() {
+                    eprintln!("[{now}] node {id}: LEAVE {}", LOCKSPACES[ls]);
+                }
+                self.ls_leaves += 1;
+            }
+        } else if n.join_lockspace(LOCKSPACES[ls]).is_ok() {
+            if trace() {
+                eprintln!("[{now}] node {id}: JOIN {}", LOCKSPACES[ls]);
+            }
+            self.ls_joins += 1;
+        }
+        self.collect(id)
     }
 
     /// Whether any live node still knows that incarnation `d` of a node
     /// left (or has yet to learn it): if none does, the cluster forgot, and
     /// recovery falls to the next first mounter.
-    fn known(&self, d: (u32, u64)) -> bool {
+    fn known(&self, ls: usize, d: (u32, u64)) -> bool {
         self.nodes.iter().flatten().any(|n| {
             n.view().is_some_and(|v| v.contains(d.0, d.1))
-                || n.lockspace().pending_recovery().any(|p| *p == d)
+                || n.lockspace_named(LOCKSPACES[ls])
+                    .is_some_and(|l| l.pending_recovery().any(|p| *p == d))
         })
     }
 
@@ -215,14 +346,17 @@ impl Sim {
     /// departed nodes it knows of and says so.
     fn release_recovered(&mut self) -> Result<(), String> {
         let now = self.now;
+        let ls = self.rng.gen_range(0..self.spaces);
+        let name = LOCKSPACES[ls];
         let ready: Vec<u32> = self
             .live()
             .into_iter()
             .filter(|id| {
                 self.nodes[(*id - 1) as usize].as_ref().is_some_and(|n| {
                     n.quorate(now)
-                        && !n.lockspace().is_recovering()
-                        && n.lockspace().pending_recovery().next().is_some()
+                        && n.lockspace_named(name).is_some_and(|l| {
+                            !l.is_recovering() && l.pending_recovery().next().is_some()
+                        })
                 })
             })
             .collect();
@@ -233,14 +367,23 @@ impl Sim {
         let Some(n) = self.nodes[(by - 1) as usize].as_mut() else {
             return Ok(());
         };
-        let pending: Vec<(u32, u64)> = n.lockspace().pending_recovery().copied().collect();
+        let pending: Vec<(u32, u64)> = n
+            .lockspace_named(name)
+            .map(|l| l.pending_recovery().copied().collect())
+            .unwrap_or_default();
         for d in pending {
             if trace() {
-                eprintln!("[{now}] node {by}: recovery of node {}/{} done", d.0, d.1);
+                eprintln!(
+                    "[{now}] node {by}: recovery of node {}/{} in {name} done",
+                    d.0, d.1
+                );
             }
-            n.recovery_done(now, d.0, d.1);
-            for m in self.dead_writers.values_mut() {
-                m.remove(&d);
+            n.recovery_done_in(now, name, d.0, d.1)
+                .map_err(|e| e.to_string())?;
+            for (res, m) in self.dead_writers.iter_mut() {
+                if res / NAMES.len() == ls {
+                    m.remove(&d);
+                }
             }
             self.releases += 1;
         }
@@ -250,6 +393,20 @@ impl Sim {
     fn callback(&mut self, node: u32, cb: Callback) -> Result<(), String> {
         if trace() {
             eprintln!("[{}]   node {node} <- {cb:?}", self.now);
+        }
+        let key = (node, cb_lkid(&cb));
+        if let Some(granted) = self.extra.get_mut(&key) {
+            match cb {
+                Callback::Granted { .. } => *granted = true,
+                Callback::Unlocked { .. } => {
+                    self.extra.remove(&key);
+                }
+                Callback::Failed { error, .. } => {
+                    return Err(format!("PR lock {node}:{} failed: {error}", key.1))
+                }
+                _ => {}
+            }
+            return Ok(());
         }
         match cb {
             Callback::Granted {
@@ -285,10 +442,10 @@ impl Sim {
                         })
                         .unwrap_or_default();
                     for (d, dm) in blocking {
-                        if self.known(d) {
+                        if self.known(r / NAMES.len(), d) {
                             return Err(format!(
                                 "{} granted {mode} to {node}:{lkid} while node {}/{}, dead holding {dm}, was not recovered",
-                                String::from_utf8_lossy(NAMES[r]),
+                                res_name(r),
                                 d.0,
                                 d.1
                             ));
@@ -302,7 +459,7 @@ impl Sim {
                 if !self.tokens.insert((r, seq)) {
                     return Err(format!(
                         "grant sequence {seq:#x} of {} handed out twice",
-                        String::from_utf8_lossy(NAMES[r])
+                        res_name(r)
                     ));
                 }
                 // LVB: a counter the writers bump. A grant in a mode that
@@ -314,7 +471,7 @@ impl Sim {
                     if lvb_valid && c < *seen {
                         return Err(format!(
                             "LVB of {} went back from {seen} to {c}",
-                            String::from_utf8_lossy(NAMES[r])
+                            res_name(r)
                         ));
                     }
                     if lvb_valid {
@@ -444,9 +601,7 @@ impl Sim {
                     }
                     let inc = (u64::from(id) << 32) + self.next_incarnation * 1000;
                     self.next_incarnation += 1;
-                    let mut node =
-                        Node::new(id, inc, self.now as u32, self.cfg.clone(), LVB).unwrap();
-                    node.set_recovery_hold(self.hold);
+                    let node = self.make_node(id, inc, self.now as u32);
                     self.nodes[(id - 1) as usize] = Some(node);
                     // The transport discards what the old process had not
                     // yet received or sent.
@@ -528,7 +683,11 @@ impl Sim {
         } else {
             Flags::VALBLK
         };
-        let r = self.rng.gen_range(0..NAMES.len());
+        let joined = self.joined(node);
+        let ls = joined
+            .get(self.rng.gen_range(0..joined.len().max(1)))
+            .copied();
+        let r = self.rng.gen_range(0..NAMES.len()) + ls.unwrap_or(0) * NAMES.len();
         let pick = self.rng.gen_range(0..mine.len().max(1));
         let unlock = self.rng.gen_bool(0.5);
         let cancel = self.rng.gen_bool(0.3);
@@ -537,7 +696,8 @@ impl Sim {
             return Ok(());
         };
         let timeout = self.rng.gen_bool(0.1).then(|| self.rng.gen_range(1..40));
-        if mine.len() < 3 && (mine.is_empty() || self.rng.gen_bool(0.4)) {
+        let new_lock = mine.len() < 3 && (mine.is_empty() || self.rng.gen_bool(0.4));
+        if let (true, Some(ls)) = (new_lock, ls) {
             let flags = if timeout.is_some() {
                 flags | Flags::TIMEOUT
             } else {
@@ -545,15 +705,24 @@ impl Sim {
             };
             let noexp = self.rng.gen_bool(0.1);
             let flags = if noexp { flags | Flags::NOEXP } else { flags };
-            // All of a node's locks belong to one owner, so waits between
-            // nodes can form cycles for deadlock detection to break.
+            // All of a node's locks in a lockspace belong to one owner, so
+            // waits between nodes can form cycles for deadlock detection to
+            // break (it works within one lockspace).
             let lkid = ls_node
-                .lock_as(now, u64::from(node), NAMES[r], mode, flags, timeout)
+                .lock_in(
+                    now,
+                    LOCKSPACES[ls],
+                    u64::from(node) * 16 + ls as u64,
+                    NAMES[r % NAMES.len()],
+                    mode,
+                    flags,
+                    timeout,
+                )
                 .map_err(|e| e.to_string())?;
             if trace() {
                 eprintln!(
                     "[{now}] node {node}: lock {lkid} {} {mode} {flags:?}",
-                    String::from_utf8_lossy(NAMES[r])
+                    res_name(r)
                 );
             }
             // Before collecting: a locally mastered lock is answered at once.
@@ -647,7 +816,7 @@ impl Sim {
                         return Err(format!(
                             "at {}: resource {}: node {} lock {} believes {am} while node {} lock {} believes {bm}",
                             self.now,
-                            String::from_utf8_lossy(NAMES[r]),
+                            res_name(r),
                             a.0,
                             a.1,
                             b.0,
@@ -665,6 +834,8 @@ impl Sim {
         let x: f64 = self.rng.gen();
         if faults && x < 0.002 {
             self.fault();
+        } else if faults && x < 0.004 {
+            self.ls_step()?;
         } else if x < 0.25 && !self.live().is_empty() && faults {
             self.client_step()?;
         } else if !ready.is_empty() && x < 0.995 {
@@ -674,6 +845,7 @@ impl Sim {
             self.deliver(k)?;
         } else {
             self.advance()?;
+            self.check_holds()?;
         }
         self.check_safety()
     }
@@ -702,10 +874,24 @@ impl Sim {
                     n.id(),
                     n.incarnation(),
                     n.view().map(|v| (v.generation, v.ids())),
-                    n.lockspace().recovery_status(),
+                    n.lockspaces()
+                        .map(|(name, l, leaving)| format!(
+                            "{name}{} g{} {:?} {:?} locks {} holds {:?} resources {} dir {}",
+                            if leaving { " (leaving)" } else { "" },
+                            l.generation(),
+                            l.members(),
+                            l.recovery_status(),
+                            l.lock_count(),
+                            l.pending_recovery().collect::<Vec<_>>(),
+                            l.resource_count(),
+                            l.directory_len(),
+                        ))
+                        .collect::<Vec<_>>(),
                     n.quorate(self.now),
                     n.membership().lease_until(),
-                    n.lockspace().stats(),
+                    n.lockspaces()
+                        .map(|(_, l, _)| l.stats())
+                        .collect::<Vec<_>>(),
                 )
             })
             .collect();
@@ -717,8 +903,12 @@ impl Sim {
         for n in self.nodes.iter() {
             let Some(n) = n else { return false };
             let Some(v) = n.view() else { return false };
+            // Every lockspace of every node is in the view (joins and
+            // leaves done) and recovered.
             if v.members.len() != self.nodes.len()
-                || n.lockspace().is_recovering()
+                || n.lockspaces().any(|(_, l, leaving)| {
+                    leaving || l.is_recovering() || l.generation() != v.generation
+                })
                 || !n.quorate(self.now)
             {
                 return false;
@@ -745,9 +935,7 @@ impl Sim {
             if self.nodes[(id - 1) as usize].is_none() {
                 let inc = (u64::from(id) << 32) + self.next_incarnation * 1000;
                 self.next_incarnation += 1;
-                let mut node = Node::new(id, inc, self.now as u32, self.cfg.clone(), LVB).unwrap();
-                node.set_recovery_hold(self.hold);
-                node.set_deadlock_detection(DEADLOCK_EVERY);
+                let node = self.make_node(id, inc, self.now as u32);
                 self.nodes[(id - 1) as usize] = Some(node);
                 self.net.retain(|(from, to), _| *to != id && *from != id);
             }
@@ -801,21 +989,122 @@ impl Sim {
         // Messages still in flight (latency) land.
         self.settle(200, |_| false)?;
         for n in self.nodes.iter().flatten() {
-            let ls = n.lockspace();
-            if ls.lock_count() != 0 || ls.mastered_in_use() != 0 {
-                let left: Vec<String> = ls
-                    .resources()
-                    .filter(|r| !r.is_unused())
-                    .map(|r| format!("{}: {:?}", String::from_utf8_lossy(r.name()), r.holders()))
-                    .collect();
-                return Err(format!(
-                    "node {} still has locks after everyone let go ({} own, {} mastered: {left:?})",
-                    n.id(),
-                    ls.lock_count(),
-                    ls.mastered_in_use()
-                ));
+            for (name, ls, _) in n.lockspaces() {
+                if ls.lock_count() != 0 || ls.mastered_in_use() != 0 {
+                    let left: Vec<String> = ls
+                        .resources()
+                        .filter(|r| !r.is_unused())
+                        .map(|r| {
+                            format!("{}: {:?}", String::from_utf8_lossy(r.name()), r.holders())
+                        })
+                        .collect();
+                    return Err(format!(
+                        "node {} still has locks in {name} after everyone let go ({} own, {} mastered: {left:?})",
+                        n.id(),
+                        ls.lock_count(),
+                        ls.mastered_in_use()
+                    ));
+                }
             }
         }
+        self.many_names_then_nothing()
+    }
+
+    /// Every node takes PR locks on many names in each of its lockspaces
+    /// and lets go: once the toss time is past, no node keeps a resource, a
+    /// directory entry or a cached master.
+    fn many_names_then_nothing(&mut self) -> Result<(), String> {
+        let now = self.now;
+        for id in 1..=self.n() {
+            for ls in self.joined(id) {
+                let Some(n) = self.nodes[(id - 1) as usize].as_mut() else {
+                    continue;
+                };
+                for i in 0..40u32 {
+                    // Half the names are this node's alone, half shared.
+                    let name = if i % 2 == 0 {
+                        format!("many/{id}/{i}")
+                    } else {
+                        format!("many/{i}")
+                    };
+                    let lkid = n
+                        .lock_in(
+                            now,
+                            LOCKSPACES[ls],
+                            0,
+                            name.as_bytes(),
+                            Mode::PR,
+                            Flags::NONE,
+                            None,
+                        )
+                        .map_err(|e| e.to_string())?;
+                    self.extra.insert((id, lkid), false);
+                }
+                self.collect(id)?;
+            }
+        }
+        if !self.settle(10_000, |s| s.extra.values().all(|g| *g))? {
+            let waiting: Vec<&(u32, u64)> = self
+                .extra
+                .iter()
+                .filter(|(_, g)| !**g)
+                .map(|(k, _)| k)
+                .take(10)
+                .collect();
+            return Err(format!(
+                "many PR locks never granted ({waiting:?}...):\n{}",
+                self.state()
+            ));
+        }
+        let now = self.now;
+        let all: Vec<(u32, u64)> = self.extra.keys().copied().collect();
+        for (id, lkid) in all {
+            if let Some(n) = self.nodes[(id - 1) as usize].as_mut() {
+                n.unlock(now, lkid, Flags::NONE, None)
+                    .map_err(|e| e.to_string())?;
+                self.collect(id)?;
+            }
+        }
+        if !self.settle(10_000, |s| s.extra.is_empty())? {
+            return Err(format!("many unlocks never completed:\n{}", self.state()));
+        }
+        let empty = |s: &Sim| {
+            s.nodes.iter().flatten().all(|n| {
+                n.lockspaces().all(|(_, l, _)| {
+                    l.resource_count() == 0 && l.directory_len() == 0 && l.cached_masters() == 0
+                })
+            })
+        };
+        if !self.settle(self.toss * 4 + 2_000, empty)? {
+            let left: Vec<String> = self
+                .nodes
+                .iter()
+                .flatten()
+                .flat_map(|n| {
+                    n.lockspaces().map(move |(name, l, _)| {
+                        format!(
+                            "node {} {name}: {} resources, {} directory entries, {} cached masters, {} tossed",
+                            n.id(),
+                            l.resource_count(),
+                            l.directory_len(),
+                            l.cached_masters(),
+                            l.tossed()
+                        )
+                    })
+                })
+                .collect();
+            return Err(format!(
+                "unused resources not freed {} ms after the toss time:\n{}",
+                self.toss * 4 + 2_000,
+                left.join("\n")
+            ));
+        }
+        self.freed = self
+            .nodes
+            .iter()
+            .flatten()
+            .flat_map(|n| n.lockspaces().map(|(_, l, _)| l.stats().resources_freed))
+            .sum();
         Ok(())
     }
 }
@@ -834,7 +1123,7 @@ fn simulated_cluster_never_holds_conflicting_locks_and_always_finishes() {
     };
     let (mut ops, mut grants, mut faults, mut views, mut lost, mut releases, mut deadlocks) =
         (0, 0, 0, 0, 0, 0, 0);
-    let mut leaves = 0;
+    let (mut leaves, mut ls_joins, mut ls_leaves, mut freed) = (0, 0, 0, 0);
     for seed in &seeds {
         let mut sim = Sim::new(*seed);
         if let Err(e) = sim.run(20_000) {
@@ -848,9 +1137,12 @@ fn simulated_cluster_never_holds_conflicting_locks_and_always_finishes() {
         releases += sim.releases;
         deadlocks += sim.deadlocks;
         leaves += sim.leaves;
+        ls_joins += sim.ls_joins;
+        ls_leaves += sim.ls_leaves;
+        freed += sim.freed;
     }
     eprintln!(
-        "{} seeds: {ops} client operations, {grants} grants, {faults} faults, {views} views committed, {lost} leases lost, {releases} recovery holds released, {deadlocks} deadlocks broken, {leaves} clean leaves",
+        "{} seeds: {ops} client operations, {grants} grants, {faults} faults, {views} views committed, {lost} leases lost, {releases} recovery holds released, {deadlocks} deadlocks broken, {leaves} clean leaves, {ls_joins} lockspace joins, {ls_leaves} lockspace leaves, {freed} resources freed (by the live processes)",
         seeds.len()
     );
 }
@@ -916,6 +1208,7 @@ fn stale_generation_and_strangers_are_dropped() {
         n.receive(Message {
             generation,
             from,
+            lockspace: n.lockspace_id(),
             body: rdlm::wire::Body::Lookup {
                 name: b"x".to_vec(),
             },

@@ -3,7 +3,10 @@
 
 use proptest::prelude::*;
 use rdlm::member::Member;
-use rdlm::wire::{Body, LvbSource, Message, WireError, HEADER_LEN, MAX_BODY, VERSION};
+use rdlm::node::lockspace_id;
+use rdlm::wire::{
+    Body, LvbSource, Message, WireError, HEADER_LEN, MAX_BODY, MAX_LOCKSPACES, VERSION,
+};
 use rdlm::{LockError, LockId, Mode, View};
 
 fn samples() -> Vec<Body> {
@@ -13,6 +16,7 @@ fn samples() -> Vec<Body> {
         Body::LookupReply {
             name: name.clone(),
             master: 3,
+            floor: 7 << 32 | 5,
         },
         Body::Request {
             lkid: 7,
@@ -81,6 +85,12 @@ fn samples() -> Vec<Body> {
         Body::Heartbeat {
             incarnation: 1 << 40,
             hb: 12,
+            lockspaces: vec![(lockspace_id("fsA"), 3), (lockspace_id("fsB"), 1)],
+        },
+        Body::Heartbeat {
+            incarnation: 1,
+            hb: 1,
+            lockspaces: vec![],
         },
         Body::HeartbeatAck {
             hb: 12,
@@ -94,15 +104,21 @@ fn samples() -> Vec<Body> {
             incarnation: 20,
             previous: vec![(1, 10), (2, 20)],
             committed: Some(view()),
+            lockspaces: vec![(7, 1)],
         },
         Body::Accept {
             incarnation: 20,
             previous: vec![],
             committed: None,
+            lockspaces: vec![],
         },
         Body::Commit { view: view() },
         Body::DirEntry { name: name.clone() },
         Body::DirDone,
+        Body::Remove {
+            name: name.clone(),
+            seq: 4 << 32 | 9,
+        },
         Body::RecoverLock {
             lkid: 9,
             name: name.clone(),
@@ -147,6 +163,80 @@ fn samples() -> Vec<Body> {
     ]
 }
 
+fn membership(b: &Body) -> bool {
+    matches!(
+        b,
+        Body::Heartbeat { .. }
+            | Body::HeartbeatAck { .. }
+            | Body::Excluded { .. }
+            | Body::Leave { .. }
+            | Body::Propose { .. }
+            | Body::Accept { .. }
+            | Body::Commit { .. }
+    )
+}
+
+/// A message as a node sends it: lockspace traffic names its lockspace,
+/// membership traffic none.
+fn msg(generation: u32, from: u32, body: Body) -> Message {
+    Message {
+        generation,
+        from,
+        lockspace: if membership(&body) {
+            0
+        } else {
+            lockspace_id("fsA")
+        },
+        body,
+    }
+}
+
+#[test]
+fn the_lockspace_id_is_checked_against_the_message_type() {
+    for body in samples() {
+        let mut m = msg(3, 1, body);
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        // Membership with a lockspace, or lockspace traffic without one.
+        m.lockspace = if m.lockspace == 0 { 77 } else { 0 };
+        let e = Message::decode(&m.encode()).unwrap_err();
+        assert!(e.to_string().contains("lockspace"), "{e}");
+    }
+    assert_ne!(lockspace_id(""), 0);
+    assert_ne!(lockspace_id("fsA"), lockspace_id("fsB"));
+}
+
+#[test]
+fn lockspace_lists_are_bounded_and_well_formed() {
+    let hb = |lockspaces: Vec<(u32, u64)>| {
+        msg(
+            1,
+            2,
+            Body::Heartbeat {
+                incarnation: 1,
+                hb: 1,
+                lockspaces,
+            },
+        )
+        .encode()
+    };
+    let full: Vec<(u32, u64)> = (1..=MAX_LOCKSPACES as u32).map(|i| (i, 1)).collect();
+    assert!(Message::decode(&hb(full.clone())).is_ok());
+    // The encoder keeps at most MAX_LOCKSPACES; forge a longer count.
+    let mut f = hb(full);
+    let count_at = HEADER_LEN + 16;
+    f[count_at] = MAX_LOCKSPACES as u8 + 1;
+    let e = Message::decode(&f).unwrap_err();
+    assert!(e.to_string().contains("lockspaces exceed"), "{e}");
+    for bad in [vec![(0, 1)], vec![(4, 1), (4, 2)]] {
+        let e = Message::decode(&hb(bad)).unwrap_err();
+        assert!(matches!(e, WireError::Malformed { .. }), "{e}");
+    }
+    // A count larger than what follows: truncated, not a panic.
+    let mut t = hb(vec![(4, 1)]);
+    t[count_at] = 3;
+    assert!(Message::decode(&t).is_err());
+}
+
 fn view() -> View {
     View::new(
         4,
@@ -155,11 +245,13 @@ fn view() -> View {
                 id: 2,
                 incarnation: 20,
                 slot: 1,
+                lockspaces: vec![(3, 1), (9, 2)],
             },
             Member {
                 id: 1,
                 incarnation: 10,
                 slot: 2,
+                lockspaces: vec![],
             },
         ],
     )
@@ -171,6 +263,7 @@ fn views_with_duplicate_nodes_or_slots_do_not_decode() {
     let m = |members: Vec<Member>| Message {
         generation: 4,
         from: 1,
+        lockspace: 0,
         body: Body::Commit {
             view: View {
                 generation: 4,
@@ -182,16 +275,33 @@ fn views_with_duplicate_nodes_or_slots_do_not_decode() {
         id: 1,
         incarnation: 1,
         slot: 1,
+        lockspaces: vec![],
     };
     let b = Member {
         id: 2,
         incarnation: 1,
         slot: 1,
+        lockspaces: vec![],
     };
     for bad in [
         vec![a.clone(), b],
         vec![a.clone(), a.clone()],
-        vec![Member { slot: 0, ..a }],
+        vec![Member {
+            slot: 0,
+            ..a.clone()
+        }],
+        vec![Member {
+            lockspaces: vec![(5, 1), (5, 2)],
+            ..a.clone()
+        }],
+        vec![Member {
+            lockspaces: vec![(0, 1)],
+            ..a.clone()
+        }],
+        vec![Member {
+            lockspaces: vec![(6, 1), (5, 2)],
+            ..a.clone()
+        }],
         vec![],
     ] {
         let e = Message::decode(&m(bad).encode()).unwrap_err();
@@ -202,11 +312,7 @@ fn views_with_duplicate_nodes_or_slots_do_not_decode() {
 #[test]
 fn every_message_round_trips() {
     for body in samples() {
-        let m = Message {
-            generation: 4,
-            from: 2,
-            body,
-        };
+        let m = msg(4, 2, body);
         assert_eq!(Message::decode(&m.encode()).unwrap(), m);
     }
 }
@@ -214,12 +320,7 @@ fn every_message_round_trips() {
 #[test]
 fn truncated_or_padded_frames_are_errors() {
     for body in samples() {
-        let f = Message {
-            generation: 1,
-            from: 1,
-            body,
-        }
-        .encode();
+        let f = msg(1, 1, body).encode();
         for cut in 0..f.len() {
             assert!(
                 Message::decode(&f[..cut]).is_err(),
@@ -237,13 +338,13 @@ fn truncated_or_padded_frames_are_errors() {
 
 #[test]
 fn header_checks_name_the_problem() {
-    let f = Message {
-        generation: 1,
-        from: 1,
-        body: Body::Lookup {
+    let f = msg(
+        1,
+        1,
+        Body::Lookup {
             name: b"x".to_vec(),
         },
-    }
+    )
     .encode();
     let mut v = f.clone();
     v[2] = VERSION + 1;
@@ -255,32 +356,32 @@ fn header_checks_name_the_problem() {
     t[3] = 200;
     assert_eq!(Message::decode(&t), Err(WireError::UnknownType(200)));
     let mut big = f[..HEADER_LEN].to_vec();
-    big[12..16].copy_from_slice(&((MAX_BODY + 1) as u32).to_be_bytes());
+    big[16..20].copy_from_slice(&((MAX_BODY + 1) as u32).to_be_bytes());
     assert_eq!(
         Message::decode(&big),
         Err(WireError::TooLarge(MAX_BODY + 1))
     );
     // An oversize resource name inside a well-framed body.
-    let long = Message {
-        generation: 1,
-        from: 1,
-        body: Body::Lookup {
+    let long = msg(
+        1,
+        1,
+        Body::Lookup {
             name: vec![b'a'; 65],
         },
-    }
+    )
     .encode();
     let e = Message::decode(&long).unwrap_err();
     assert!(e.to_string().contains("resource name"), "{e}");
     // A bad mode byte.
-    let mut bm = Message {
-        generation: 1,
-        from: 1,
-        body: Body::Blocking {
+    let mut bm = msg(
+        1,
+        1,
+        Body::Blocking {
             lkid: 1,
             name: b"n".to_vec(),
             mode: Mode::EX,
         },
-    }
+    )
     .encode();
     let last = bm.len() - 1;
     bm[last] = 9;
@@ -300,7 +401,7 @@ proptest! {
     #[test]
     fn decoding_mutated_frames_is_total(idx in 0usize..12, pos in any::<usize>(), val in any::<u8>()) {
         let body = samples().swap_remove(idx);
-        let mut f = Message { generation: 1, from: 1, body }.encode();
+        let mut f = msg(1, 1, body).encode();
         let p = pos % f.len();
         f[p] = val;
         let _ = Message::decode(&f);

@@ -78,6 +78,9 @@ struct NodeArgs {
     /// Local client socket (default: node-N.sock beside the cluster file).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Also join this lockspace (repeatable; "default" is always joined).
+    #[arg(long = "lockspace")]
+    lockspaces: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +103,9 @@ struct LockArgs {
     /// Fail at once (exit 1) if the lock is not free.
     #[arg(long)]
     nonblock: bool,
+    /// The lockspace (the daemon must be in it; default: "default").
+    #[arg(long)]
+    lockspace: Option<String>,
     #[command(flatten)]
     socket: SocketArgs,
     /// The command to run while holding the lock.
@@ -275,7 +281,7 @@ fn node(a: NodeArgs) -> Result<(), CliError> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        rdlm::daemon::run(cluster, a.id, socket, shutdown)
+        rdlm::daemon::run_in(cluster, a.id, socket, &a.lockspaces, shutdown)
             .await
             .map_err(|e| CliError::Daemon(e.to_string()))
     })
@@ -291,6 +297,7 @@ fn lock(a: LockArgs) -> Result<(), CliError> {
     let lkid = match c.call(&Request::Lock {
         name: a.name.clone(),
         mode: a.mode.clone(),
+        lockspace: a.lockspace.clone(),
         noqueue: a.nonblock,
         timeout_ms,
     })? {
