@@ -18,6 +18,16 @@
 //! of the log it gets a revoke, so replay can never write an old copy over
 //! whatever the block is used for next.
 //!
+//! An AIL block that a new transaction changes again keeps its committed
+//! image beside the new one: a checkpoint forced by a full log (before the
+//! running transaction commits) must write what the log holds, never the
+//! uncommitted bytes.
+//!
+//! A *savepoint* records, for every block a change touches, the block's
+//! state before it; [`BufCache::rollback`] puts those states back. The
+//! cluster needs it: a change that finds a glock it must wait for is
+//! undone, waits without holding the file system, and runs again.
+//!
 //! May not touch: the journal's format (that is `log.rs`) or the meaning of
 //! any block. Memory is bounded: clean blocks beyond `capacity` are evicted
 //! least recently used first; dirty and AIL blocks are bounded by the
@@ -30,9 +40,26 @@ use crate::format::Geometry;
 use blockdev::BlockDevice;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+fn set_member(set: &mut BTreeSet<u64>, b: u64, member: bool) {
+    if member {
+        set.insert(b);
+    } else {
+        set.remove(&b);
+    }
+}
+
 struct Buf {
     data: Box<[u8]>,
     last_use: u64,
+}
+
+/// A block's state before the change in progress touched it.
+struct Before {
+    data: Option<Box<[u8]>>,
+    dirty: bool,
+    ail: bool,
+    ail_image: Option<Box<[u8]>>,
+    revoked: bool,
 }
 
 /// Hit and miss counters (for `rdlmfs status`).
@@ -52,6 +79,11 @@ pub struct BufCache {
     dirty: BTreeSet<u64>,
     /// Blocks committed to the log but not yet written in place.
     ail: BTreeSet<u64>,
+    /// Committed images of AIL blocks that the running transaction changed
+    /// again (what a checkpoint must write).
+    ail_images: HashMap<u64, Box<[u8]>>,
+    /// Blocks touched since the savepoint, as they were before.
+    savepoint: Option<HashMap<u64, Before>>,
     /// Blocks with an image in the active part of the log (since the tail).
     journaled: HashSet<u64>,
     /// Freed blocks whose old images replay must skip.
@@ -69,6 +101,8 @@ impl BufCache {
             clock: 0,
             dirty: BTreeSet::new(),
             ail: BTreeSet::new(),
+            ail_images: HashMap::new(),
+            savepoint: None,
             journaled: HashSet::new(),
             revokes: BTreeSet::new(),
             stats: CacheStats::default(),
@@ -144,9 +178,15 @@ impl BufCache {
     }
 
     fn install(&mut self, blkno: u64, data: Box<[u8]>) {
+        self.remember(blkno);
         self.clock += 1;
         if !self.bufs.contains_key(&blkno) {
             self.evict_if_full();
+        }
+        if self.ail.contains(&blkno) && !self.dirty.contains(&blkno) {
+            if let Some(old) = self.bufs.get(&blkno) {
+                self.ail_images.insert(blkno, old.data.clone());
+            }
         }
         self.bufs.insert(
             blkno,
@@ -161,12 +201,81 @@ impl BufCache {
     /// A block was freed: drop every cached copy and, if the log still
     /// holds an image of it, revoke that image.
     pub fn forget(&mut self, blkno: u64) {
+        self.remember(blkno);
         self.bufs.remove(&blkno);
         self.dirty.remove(&blkno);
         self.ail.remove(&blkno);
+        self.ail_images.remove(&blkno);
         if self.journaled.contains(&blkno) {
             self.revokes.insert(blkno);
         }
+    }
+
+    /// Starts recording what changes touch (see the module doc). A
+    /// savepoint already open is replaced: what it recorded stays.
+    pub fn savepoint(&mut self) {
+        self.savepoint = Some(HashMap::new());
+    }
+
+    /// Stops recording; the changes since the savepoint stay.
+    pub fn release_savepoint(&mut self) {
+        self.savepoint = None;
+    }
+
+    /// Puts every block touched since the savepoint back as it was, and
+    /// starts a new savepoint there.
+    pub fn rollback(&mut self) {
+        let Some(before) = self.savepoint.replace(HashMap::new()) else {
+            return;
+        };
+        for (b, st) in before {
+            match st.data {
+                Some(data) => {
+                    self.bufs.insert(
+                        b,
+                        Buf {
+                            data,
+                            last_use: self.clock,
+                        },
+                    );
+                }
+                None => {
+                    self.bufs.remove(&b);
+                }
+            }
+            set_member(&mut self.dirty, b, st.dirty);
+            set_member(&mut self.ail, b, st.ail);
+            set_member(&mut self.revokes, b, st.revoked);
+            match st.ail_image {
+                Some(img) => {
+                    self.ail_images.insert(b, img);
+                }
+                None => {
+                    self.ail_images.remove(&b);
+                }
+            }
+        }
+    }
+
+    /// Records `blkno`'s state the first time the change in progress
+    /// touches it.
+    fn remember(&mut self, blkno: u64) {
+        let Some(sp) = self.savepoint.as_mut() else {
+            return;
+        };
+        if sp.contains_key(&blkno) {
+            return;
+        }
+        sp.insert(
+            blkno,
+            Before {
+                data: self.bufs.get(&blkno).map(|b| b.data.clone()),
+                dirty: self.dirty.contains(&blkno),
+                ail: self.ail.contains(&blkno),
+                ail_image: self.ail_images.get(&blkno).cloned(),
+                revoked: self.revokes.contains(&blkno),
+            },
+        );
     }
 
     /// Drops a clean cached copy (another node may change the block).
@@ -202,13 +311,18 @@ impl BufCache {
         (images, self.revokes.iter().copied().collect())
     }
 
-    /// The running transaction is in the log: its blocks join the AIL.
+    /// The running transaction is in the log: its blocks join the AIL. A
+    /// savepoint moves here (what is committed cannot be rolled back).
     pub fn committed(&mut self) {
         for b in std::mem::take(&mut self.dirty) {
             self.journaled.insert(b);
             self.ail.insert(b);
+            self.ail_images.remove(&b);
         }
         self.revokes.clear();
+        if self.savepoint.is_some() {
+            self.savepoint = Some(HashMap::new());
+        }
     }
 
     /// Writes every AIL block in place (in address order, merging runs)
@@ -225,13 +339,17 @@ impl BufCache {
             }
             let mut run = Vec::with_capacity((j - i) * bs as usize);
             for b in &ail[i..j] {
-                run.extend_from_slice(&self.bufs[b].data);
+                match self.ail_images.get(b) {
+                    Some(img) => run.extend_from_slice(img),
+                    None => run.extend_from_slice(&self.bufs[b].data),
+                }
             }
             dev.write_at(ail[i] * bs, &run).map_err(IoError::Device)?;
             i = j;
         }
         dev.flush().map_err(IoError::Device)?;
         self.ail.clear();
+        self.ail_images.clear();
         self.journaled.clear();
         // Blocks dirtied since the last commit are journaled in the next one.
         self.evict_if_full();
@@ -256,11 +374,106 @@ impl BufCache {
         }
     }
 
+    /// Drops every clean block (a glock went to another node, and with it
+    /// the right to trust what this node read under it).
+    pub fn invalidate_clean(&mut self) {
+        let dirty = &self.dirty;
+        let ail = &self.ail;
+        self.bufs
+            .retain(|b, _| dirty.contains(b) || ail.contains(b));
+    }
+
     pub fn cached_blocks(&self) -> usize {
         self.bufs.len()
     }
 
     pub fn stats(&self) -> CacheStats {
         self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::dinode::{indirect_ptrs, Indirect};
+    use blockdev::{FileDevice, FileOptions};
+
+    fn setup() -> (tempfile::TempDir, FileDevice, BufCache) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let dev = FileDevice::open(&path, FileOptions::default()).unwrap();
+        let geo = Geometry {
+            block_size: 4096,
+            fs_id: 7,
+            total_blocks: 256,
+            hash_key: [0; 16],
+        };
+        (dir, dev, BufCache::new(geo, 64))
+    }
+
+    fn ind(owner: u64) -> Indirect {
+        Indirect {
+            owner,
+            level: 1,
+            ptrs: vec![0; indirect_ptrs(4096)],
+        }
+    }
+
+    #[test]
+    fn a_forced_checkpoint_writes_the_committed_image_not_the_running_one() {
+        let (_d, dev, mut c) = setup();
+        c.write_meta(100, &ind(1)).unwrap();
+        c.committed();
+        // The running transaction changes the block again; the log is
+        // full, so the AIL is written before this transaction commits.
+        c.write_meta(100, &ind(2)).unwrap();
+        c.checkpoint(&dev).unwrap();
+        let mut raw = vec![0u8; 4096];
+        dev.read_at(100 * 4096, &mut raw).unwrap();
+        let on_disk: Indirect = decode_block(c.geometry(), 100, &raw).unwrap();
+        assert_eq!(on_disk.owner, 1, "uncommitted bytes reached the disk");
+        // The cache still serves the running transaction's version.
+        assert_eq!(c.read_meta::<Indirect>(&dev, 100).unwrap().owner, 2);
+        assert_eq!(c.dirty_blocks(), 1);
+    }
+
+    #[test]
+    fn rollback_restores_every_touched_block() {
+        let (_d, dev, mut c) = setup();
+        c.write_meta(100, &ind(1)).unwrap(); // dirty before the savepoint
+        c.write_meta(101, &ind(1)).unwrap();
+        c.committed(); // 100 and 101 in the AIL
+        c.write_meta(101, &ind(5)).unwrap(); // dirty again, before the savepoint
+        c.savepoint();
+        c.write_meta(100, &ind(2)).unwrap();
+        c.write_meta(101, &ind(6)).unwrap();
+        c.write_meta(102, &ind(3)).unwrap(); // new
+        c.forget(101);
+        c.rollback();
+        assert_eq!(c.read_meta::<Indirect>(&dev, 100).unwrap().owner, 1);
+        assert_eq!(c.read_meta::<Indirect>(&dev, 101).unwrap().owner, 5);
+        assert_eq!(c.pending_revokes(), 0, "the forget's revoke is undone");
+        assert_eq!(c.dirty_blocks(), 1, "only 101 was dirty at the savepoint");
+        assert!(c.read_meta::<Indirect>(&dev, 102).is_err(), "102 is gone");
+        // The checkpoint still writes 101's committed image.
+        c.checkpoint(&dev).unwrap();
+        let mut raw = vec![0u8; 4096];
+        dev.read_at(101 * 4096, &mut raw).unwrap();
+        let on_disk: Indirect = decode_block(c.geometry(), 101, &raw).unwrap();
+        assert_eq!(on_disk.owner, 1);
+    }
+
+    #[test]
+    fn a_commit_moves_the_savepoint() {
+        let (_d, dev, mut c) = setup();
+        c.savepoint();
+        c.write_meta(100, &ind(1)).unwrap();
+        c.committed();
+        c.write_meta(100, &ind(2)).unwrap();
+        c.rollback();
+        assert_eq!(c.read_meta::<Indirect>(&dev, 100).unwrap().owner, 1);
+        assert_eq!(c.dirty_blocks(), 0);
+        assert_eq!(c.ail_blocks(), 1);
     }
 }

@@ -31,6 +31,17 @@ pub enum FsError {
     /// written until a remount replays the journal.
     #[error("{device}: withdrawn after an earlier I/O error; unmount and remount to recover")]
     Withdrawn { device: String },
+    /// The operation needs a glock this node does not hold (in a cluster):
+    /// it must be undone, wait for the glock outside the file system and
+    /// run again. Never reaches a user.
+    #[error("glock {name} is needed in mode {mode:?}")]
+    GlockWait {
+        name: crate::glock::GlockName,
+        mode: crate::glock::GlockMode,
+    },
+    /// The lock manager failed or refused (no quorum, node left, ...).
+    #[error("{detail}")]
+    Lock { detail: String },
 }
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
@@ -42,13 +53,19 @@ impl FsError {
             FsError::Errno(e) => *e,
             FsError::Io(_) | FsError::Corrupt { .. } | FsError::Withdrawn { .. } => libc::EIO,
             FsError::Journal { .. } => libc::EIO,
+            // A wait that escaped its retry loop is a bug; fail the request.
+            FsError::GlockWait { .. } => libc::EIO,
+            FsError::Lock { .. } => libc::EIO,
         }
     }
 
     /// Whether this error means the device or metadata is broken (as
     /// opposed to a refusal of one request).
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, FsError::Errno(_))
+        !matches!(
+            self,
+            FsError::Errno(_) | FsError::GlockWait { .. } | FsError::Lock { .. }
+        )
     }
 }
 

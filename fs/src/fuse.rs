@@ -17,6 +17,8 @@
 use crate::acl::Cred;
 use crate::error::FsError;
 use crate::format::{FileType as FT, Timestamp};
+use crate::demote::KernelCaches;
+use crate::glock::{GlockKind, GlockName};
 use crate::mount::Fs;
 use crate::ops::{Attr, SetAttr, SetTime};
 use fuser::{
@@ -38,22 +40,96 @@ pub struct RdlmFuse {
 }
 
 impl RdlmFuse {
+    /// `ttl`: how long the kernel may trust attributes and names. A
+    /// cluster mount uses zero: the kernel asks again every time, and only
+    /// page contents are cached (invalidated on demotes).
     pub fn new(fs: Arc<Mutex<Option<Fs>>>, ttl: Duration) -> RdlmFuse {
         RdlmFuse { fs, ttl }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Fs) -> Result<T, FsError>) -> Result<T, Errno> {
-        let mut g: MutexGuard<'_, Option<Fs>> =
-            self.fs.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(fs) = g.as_mut() else {
-            return Err(Errno::from_i32(libc::EIO));
-        };
-        f(fs).map_err(|e| {
+    fn lock(&self) -> MutexGuard<'_, Option<Fs>> {
+        self.fs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the file system. In a cluster `f` may find a glock this
+    /// node does not hold: its changes are undone, the file system is let
+    /// go while the glock is acquired (another node may have to demote
+    /// first, and this node's demote worker may need the file system
+    /// meanwhile), and `f` runs again. Inodes `f` doomed are freed before
+    /// the reply, the same way.
+    fn with<T>(&self, mut f: impl FnMut(&mut Fs) -> Result<T, FsError>) -> Result<T, Errno> {
+        let r = self.retrying(&mut f);
+        if r.is_ok() {
+            let mut doomed = false;
+            if let Some(fs) = self.lock().as_ref() {
+                doomed = !fs.doomed.is_empty();
+            }
+            if doomed {
+                if let Err(e) = self.retrying(&mut |fs: &mut Fs| fs.free_doomed()) {
+                    tracing::error!(error = %e, "freeing unlinked inodes failed");
+                }
+            }
+        }
+        r.map_err(|e| {
             if e.is_fatal() {
                 tracing::error!(error = %e, "request failed");
             }
             Errno::from_i32(e.errno())
         })
+    }
+
+    fn retrying<T>(&self, f: &mut impl FnMut(&mut Fs) -> Result<T, FsError>) -> Result<T, FsError> {
+        loop {
+            let mut g = self.lock();
+            let Some(fs) = g.as_mut() else {
+                return Err(FsError::Errno(libc::EIO));
+            };
+            fs.savepoint();
+            match f(fs) {
+                Err(FsError::GlockWait { name, mode }) => {
+                    fs.rollback();
+                    fs.release_savepoint();
+                    let glocks = fs.glocks.clone();
+                    drop(g);
+                    glocks.acquire(name, mode)?;
+                }
+                r => {
+                    fs.release_savepoint();
+                    return r;
+                }
+            }
+        }
+    }
+}
+
+/// The kernel's caches, reached through the session's notifier.
+pub struct Notifier {
+    notifier: fuser::Notifier,
+    root: u64,
+}
+
+impl Notifier {
+    pub fn new(notifier: fuser::Notifier, root: u64) -> Notifier {
+        Notifier { notifier, root }
+    }
+}
+
+impl KernelCaches for Notifier {
+    fn invalidate(&self, name: GlockName) {
+        if name.kind != GlockKind::Inode {
+            return;
+        }
+        let ino = if name.number == self.root {
+            INodeNo(1)
+        } else {
+            INodeNo(name.number)
+        };
+        // ENOENT: the kernel does not know the inode; nothing to drop.
+        if let Err(e) = self.notifier.inval_inode(ino, 0, 0) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::warn!(glock = %name, error = %e, "kernel cache invalidation failed");
+            }
+        }
     }
 }
 

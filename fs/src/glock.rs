@@ -13,9 +13,11 @@
 //! every request is granted at once: one node, nobody to ask. The cluster
 //! module maps a name onto a DLM resource and a mode onto PR/EX.
 
-use crate::error::Result;
+use crate::error::{FsError, Result};
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 /// What a glock protects, which is also the first part of its DLM name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,6 +71,20 @@ impl GlockName {
             number: 0,
         }
     }
+    pub fn iopen(ino: u64) -> GlockName {
+        GlockName {
+            kind: GlockKind::Iopen,
+            number: ino,
+        }
+    }
+    /// The control lock: held Exclusive by whoever mounts first or
+    /// recovers journals, Shared by every mounted node.
+    pub fn control() -> GlockName {
+        GlockName {
+            kind: GlockKind::Control,
+            number: 0,
+        }
+    }
 
     /// The DLM resource name: 1 byte kind, 8 bytes number (big-endian, so
     /// names sort as the numbers do in dumps).
@@ -86,21 +102,28 @@ impl fmt::Display for GlockName {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum GlockMode {
     Shared,
     Exclusive,
 }
 
-/// A lock module: `lock_nolock` here, `lock_dlm` in the cluster.
+/// A lock module: `lock_nolock` here, `lock_dlm` in [`crate::lock_dlm`].
 pub trait LockProtocol: Send + Sync {
     /// "lock_nolock", "lock_dlm".
     fn name(&self) -> &'static str;
-    /// Takes `name` in `mode` (or converts a held one to it), blocking
-    /// until granted.
-    fn lock(&self, name: GlockName, mode: GlockMode) -> Result<()>;
-    /// Gives a held glock up.
-    fn unlock(&self, name: GlockName) -> Result<()>;
+    /// Whether a request may have to wait for another node. When it may,
+    /// an operation that misses a glock is undone and waits outside the
+    /// file system (see [`Glocks::hold`]); `lock_nolock` never waits.
+    fn may_wait(&self) -> bool;
+    /// Takes `name` in `mode` (or converts a held one up to it), blocking
+    /// until granted. Returns the lock value block the grant carried, if
+    /// it is valid.
+    fn lock(&self, name: GlockName, mode: GlockMode) -> Result<Option<Vec<u8>>>;
+    /// Converts a held Exclusive glock down to Shared, writing `lvb`.
+    fn demote_to_shared(&self, name: GlockName, lvb: Option<Vec<u8>>) -> Result<()>;
+    /// Gives a held glock up, writing `lvb` if it was held Exclusive.
+    fn unlock(&self, name: GlockName, lvb: Option<Vec<u8>>) -> Result<()>;
 }
 
 /// One node, nobody to ask: every request is granted at once.
@@ -111,10 +134,16 @@ impl LockProtocol for Nolock {
     fn name(&self) -> &'static str {
         "lock_nolock"
     }
-    fn lock(&self, _name: GlockName, _mode: GlockMode) -> Result<()> {
+    fn may_wait(&self) -> bool {
+        false
+    }
+    fn lock(&self, _name: GlockName, _mode: GlockMode) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    fn demote_to_shared(&self, _name: GlockName, _lvb: Option<Vec<u8>>) -> Result<()> {
         Ok(())
     }
-    fn unlock(&self, _name: GlockName) -> Result<()> {
+    fn unlock(&self, _name: GlockName, _lvb: Option<Vec<u8>>) -> Result<()> {
         Ok(())
     }
 }
@@ -124,52 +153,104 @@ impl LockProtocol for Nolock {
 pub struct GlockStats {
     /// Requests answered from a glock this node already held.
     pub cached: u64,
-    /// Requests that went to the lock module.
+    /// Grants from the lock module.
     pub acquired: u64,
+    /// Operations undone to wait for a glock outside the file system.
+    pub waits: u64,
+    /// Glocks given up or converted down for another node.
+    pub demoted: u64,
     pub released: u64,
 }
 
-/// The glocks this node holds, kept after use (cached) so the next
-/// operation on the same inode asks nobody.
-pub struct Glocks {
-    proto: Box<dyn LockProtocol>,
-    held: HashMap<GlockName, GlockMode>,
+#[derive(Debug, Default)]
+struct Entry {
+    mode: Option<GlockMode>,
+    /// A request or a demote is talking to the lock module about it.
+    busy: bool,
+    granted_at: Option<Instant>,
+    /// Operations that used it (the demote worker checks that nobody did
+    /// while the kernel's caches were being invalidated).
+    uses: u64,
+    /// The LVB of the last grant (valid ones only).
+    lvb: Option<Vec<u8>>,
+    /// Never demoted for another node (this node's journal, its per-node
+    /// system files): only recovery after this node's death takes them.
+    pinned: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: HashMap<GlockName, Entry>,
     stats: GlockStats,
 }
 
+/// The glocks this node holds, kept after use (cached) so the next
+/// operation on the same inode asks nobody. A cheap handle: the file
+/// system, the allocator, waiting requests and the demote worker share one
+/// table.
+///
+/// Rules: an operation checks its glocks with [`Glocks::hold`] while it
+/// holds the file system; a glock it does not hold makes `hold` return
+/// [`FsError::GlockWait`], the caller undoes the operation, lets the file
+/// system go, waits in [`Glocks::acquire`] and runs the operation again.
+/// Only the demote worker lowers a mode, and only while it holds the file
+/// system, so a glock an operation checked stays held until the operation
+/// ends.
+#[derive(Clone)]
+pub struct Glocks {
+    proto: Arc<dyn LockProtocol>,
+    table: Arc<(Mutex<Table>, Condvar)>,
+}
+
 impl Glocks {
-    pub fn new(proto: Box<dyn LockProtocol>) -> Glocks {
+    pub fn new(proto: Arc<dyn LockProtocol>) -> Glocks {
         Glocks {
             proto,
-            held: HashMap::new(),
-            stats: GlockStats::default(),
+            table: Arc::new((Mutex::new(Table::default()), Condvar::new())),
         }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn protocol(&self) -> &'static str {
         self.proto.name()
     }
 
-    /// Makes sure this node holds `name` in at least `mode`.
-    pub fn hold(&mut self, name: GlockName, mode: GlockMode) -> Result<()> {
-        match self.held.get(&name) {
-            Some(m) if *m >= mode => {
-                self.stats.cached += 1;
-                Ok(())
-            }
-            _ => {
-                self.proto.lock(name, mode)?;
-                self.stats.acquired += 1;
-                self.held.insert(name, mode);
-                Ok(())
-            }
-        }
+    /// Whether requests may wait for other nodes (a cluster mount).
+    pub fn is_clustered(&self) -> bool {
+        self.proto.may_wait()
     }
 
-    /// Takes several glocks in the global lock order (kind, then number),
-    /// which is what keeps two nodes locking the same inodes from
-    /// deadlocking.
-    pub fn hold_all(&mut self, names: &mut [(GlockName, GlockMode)]) -> Result<()> {
+    /// Makes sure this node holds `name` in at least `mode`, for an
+    /// operation that holds the file system. In a cluster a glock not held
+    /// is an [`FsError::GlockWait`]: undo, wait in [`Glocks::acquire`], run
+    /// again.
+    pub fn hold(&self, name: GlockName, mode: GlockMode) -> Result<()> {
+        let mut g = self.table();
+        let t = &mut *g;
+        let e = t.entries.entry(name).or_default();
+        if e.mode >= Some(mode) {
+            e.uses += 1;
+            t.stats.cached += 1;
+            return Ok(());
+        }
+        if self.proto.may_wait() {
+            t.stats.waits += 1;
+            return Err(FsError::GlockWait { name, mode });
+        }
+        let lvb = self.proto.lock(name, mode)?;
+        e.mode = Some(mode);
+        e.granted_at = Some(Instant::now());
+        e.uses += 1;
+        e.lvb = lvb;
+        t.stats.acquired += 1;
+        Ok(())
+    }
+
+    /// Takes several glocks in the global lock order (kind, then number).
+    pub fn hold_all(&self, names: &mut [(GlockName, GlockMode)]) -> Result<()> {
         names.sort();
         for (n, m) in names.iter() {
             self.hold(*n, *m)?;
@@ -177,35 +258,186 @@ impl Glocks {
         Ok(())
     }
 
-    /// Drops a cached glock (after its caches were written back and
-    /// invalidated by the caller).
-    pub fn release(&mut self, name: GlockName) -> Result<()> {
-        if self.held.remove(&name).is_some() {
-            self.stats.released += 1;
-            self.proto.unlock(name)?;
+    /// Waits until this node holds `name` in at least `mode`, asking the
+    /// lock module. Called *without* the file system held: the grant may
+    /// need another node to demote, and this node's demote worker may need
+    /// the file system meanwhile.
+    pub fn acquire(&self, name: GlockName, mode: GlockMode) -> Result<()> {
+        let (lock, changed) = &*self.table;
+        let mut g = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let e = g.entries.entry(name).or_default();
+            if e.mode >= Some(mode) {
+                return Ok(());
+            }
+            if e.busy {
+                g = changed.wait(g).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            e.busy = true;
+            drop(g);
+            let r = self.proto.lock(name, mode);
+            let mut g = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let t = &mut *g;
+            let e = t.entries.entry(name).or_default();
+            e.busy = false;
+            let out = match r {
+                Ok(lvb) => {
+                    e.mode = Some(mode);
+                    e.granted_at = Some(Instant::now());
+                    e.lvb = lvb;
+                    t.stats.acquired += 1;
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            };
+            changed.notify_all();
+            return out;
+        }
+    }
+
+    /// For the demote worker: claims `name` (waiting out a request in
+    /// flight) and returns its mode, or None if it is not held.
+    pub fn begin_demote(&self, name: GlockName) -> Option<GlockMode> {
+        let (lock, changed) = &*self.table;
+        let mut t = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let e = t.entries.get_mut(&name)?;
+            if e.busy {
+                t = changed.wait(t).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            if e.pinned {
+                return None;
+            }
+            e.mode?;
+            e.busy = true;
+            return e.mode;
+        }
+    }
+
+    /// Takes `name` and keeps it until unmount: demote requests for it are
+    /// ignored.
+    pub fn acquire_pinned(&self, name: GlockName, mode: GlockMode) -> Result<()> {
+        self.acquire(name, mode)?;
+        if let Some(e) = self.table().entries.get_mut(&name) {
+            e.pinned = true;
         }
         Ok(())
     }
 
-    /// Gives every glock up (unmount).
-    pub fn release_all(&mut self) -> Result<()> {
-        let names: Vec<GlockName> = self.held.keys().copied().collect();
-        for n in names {
-            self.release(n)?;
+    /// When `name` was last granted (the minimum hold time counts from
+    /// it).
+    pub fn granted_at(&self, name: GlockName) -> Option<Instant> {
+        self.table().entries.get(&name).and_then(|e| e.granted_at)
+    }
+
+    /// How often operations used `name` so far.
+    pub fn uses(&self, name: GlockName) -> u64 {
+        self.table().entries.get(&name).map_or(0, |e| e.uses)
+    }
+
+    /// The LVB the last grant of `name` carried, if valid.
+    pub fn lvb(&self, name: GlockName) -> Option<Vec<u8>> {
+        self.table().entries.get(&name).and_then(|e| e.lvb.clone())
+    }
+
+    /// Ends a demote begun with [`Glocks::begin_demote`]: asks the lock
+    /// module for `to` (Shared, or None to give it up), writing `lvb`.
+    /// Must be called with the file system held (no operation may be
+    /// using the glock).
+    pub fn finish_demote(
+        &self,
+        name: GlockName,
+        to: Option<GlockMode>,
+        lvb: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let r = match to {
+            Some(GlockMode::Shared) => self.proto.demote_to_shared(name, lvb),
+            Some(GlockMode::Exclusive) => Ok(()),
+            None => self.proto.unlock(name, lvb),
+        };
+        let (lock, changed) = &*self.table;
+        let mut g = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let t = &mut *g;
+        if let Some(e) = t.entries.get_mut(&name) {
+            e.busy = false;
+            if r.is_ok() {
+                e.mode = to;
+                if to.is_none() {
+                    e.lvb = None;
+                }
+            }
         }
-        Ok(())
+        if r.is_ok() {
+            t.stats.demoted += 1;
+            if to.is_none() {
+                t.entries.remove(&name);
+            }
+        }
+        changed.notify_all();
+        r
+    }
+
+    /// Ends a demote begun with [`Glocks::begin_demote`] without changing
+    /// anything (the file system is going away, or could not write back).
+    pub fn abort_demote(&self, name: GlockName) {
+        let (lock, changed) = &*self.table;
+        let mut t = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = t.entries.get_mut(&name) {
+            e.busy = false;
+        }
+        changed.notify_all();
+    }
+
+    /// Gives every glock up (unmount), writing no LVBs.
+    pub fn release_all(&self) -> Result<()> {
+        let held: Vec<GlockName> = {
+            let t = self.table();
+            t.entries
+                .iter()
+                .filter(|(_, e)| e.mode.is_some())
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        let mut first_err = None;
+        for n in held {
+            if let Err(e) = self.proto.unlock(n, None) {
+                first_err.get_or_insert(e);
+            }
+            let mut t = self.table();
+            t.entries.remove(&n);
+            t.stats.released += 1;
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     pub fn held(&self) -> usize {
-        self.held.len()
+        self.table()
+            .entries
+            .values()
+            .filter(|e| e.mode.is_some())
+            .count()
     }
 
     pub fn mode(&self, name: GlockName) -> Option<GlockMode> {
-        self.held.get(&name).copied()
+        self.table().entries.get(&name).and_then(|e| e.mode)
+    }
+
+    /// Every held glock and its mode (for `rdlmfs status`), in lock order.
+    pub fn list(&self) -> Vec<(GlockName, GlockMode)> {
+        let t = self.table();
+        let mut v: Vec<(GlockName, GlockMode)> = t
+            .entries
+            .iter()
+            .filter_map(|(n, e)| e.mode.map(|m| (*n, m)))
+            .collect();
+        v.sort();
+        v
     }
 
     pub fn stats(&self) -> GlockStats {
-        self.stats
+        self.table().stats
     }
 }
 
@@ -215,7 +447,7 @@ mod tests {
 
     #[test]
     fn cached_glocks_ask_the_module_once() {
-        let mut g = Glocks::new(Box::new(Nolock));
+        let g = Glocks::new(Arc::new(Nolock));
         g.hold(GlockName::inode(5), GlockMode::Shared).unwrap();
         g.hold(GlockName::inode(5), GlockMode::Shared).unwrap();
         g.hold(GlockName::inode(5), GlockMode::Exclusive).unwrap();
@@ -225,6 +457,58 @@ mod tests {
         assert_eq!(g.mode(GlockName::inode(5)), Some(GlockMode::Exclusive));
         g.release_all().unwrap();
         assert_eq!(g.held(), 0);
+        assert_eq!(g.stats().released, 1);
+    }
+
+    /// A module whose requests always have to wait (a cluster).
+    struct Remote(Mutex<Vec<(GlockName, GlockMode)>>);
+
+    impl LockProtocol for Remote {
+        fn name(&self) -> &'static str {
+            "remote"
+        }
+        fn may_wait(&self) -> bool {
+            true
+        }
+        fn lock(&self, name: GlockName, mode: GlockMode) -> Result<Option<Vec<u8>>> {
+            self.0.lock().unwrap().push((name, mode));
+            Ok(Some(vec![7; 8]))
+        }
+        fn demote_to_shared(&self, _: GlockName, _: Option<Vec<u8>>) -> Result<()> {
+            Ok(())
+        }
+        fn unlock(&self, _: GlockName, _: Option<Vec<u8>>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn in_a_cluster_a_miss_is_a_wait_and_acquire_grants() {
+        let proto = Arc::new(Remote(Mutex::new(Vec::new())));
+        let g = Glocks::new(proto.clone());
+        let n = GlockName::inode(9);
+        match g.hold(n, GlockMode::Shared) {
+            Err(FsError::GlockWait { name, mode }) => {
+                assert_eq!((name, mode), (n, GlockMode::Shared))
+            }
+            other => panic!("expected a wait, got {other:?}"),
+        }
+        assert!(proto.0.lock().unwrap().is_empty(), "hold asked the module");
+        g.acquire(n, GlockMode::Shared).unwrap();
+        g.hold(n, GlockMode::Shared).unwrap();
+        assert_eq!(g.lvb(n), Some(vec![7; 8]));
+        assert!(g.hold(n, GlockMode::Exclusive).is_err());
+        g.acquire(n, GlockMode::Exclusive).unwrap();
+        // A demote down to Shared, then away.
+        assert_eq!(g.begin_demote(n), Some(GlockMode::Exclusive));
+        g.finish_demote(n, Some(GlockMode::Shared), None).unwrap();
+        assert_eq!(g.mode(n), Some(GlockMode::Shared));
+        assert_eq!(g.begin_demote(n), Some(GlockMode::Shared));
+        g.finish_demote(n, None, None).unwrap();
+        assert_eq!(g.mode(n), None);
+        assert_eq!(g.begin_demote(n), None);
+        assert_eq!(g.stats().demoted, 2);
+        assert_eq!(proto.0.lock().unwrap().len(), 2);
     }
 
     #[test]

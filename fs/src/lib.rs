@@ -8,8 +8,10 @@
 //!   [`inode`]: inodes and file contents; [`dir`]: directories;
 //!   [`xattr`]: extended attributes; [`acl`]: POSIX ACLs and permission
 //!   checks;
-//! - [`glock`]: the lock interface every lock goes through (`lock_nolock`
-//!   here; DLM glocks in the cluster);
+//! - [`glock`]: the lock interface every lock goes through and the table of
+//!   cached glocks; [`lock_dlm`]: glocks as DLM locks; [`glops`]: what a
+//!   demote writes back and invalidates per kind of glock; [`demote`]: the
+//!   demote worker;
 //! - [`mount`]: the mounted file system, commit policy, unmount;
 //! - [`ops`]: the POSIX operations (what FUSE calls);
 //! - [`fuse`]: the FUSE adapter.
@@ -21,8 +23,11 @@ pub mod dir;
 pub mod error;
 pub mod format;
 pub mod fuse;
+pub mod demote;
 pub mod glock;
+pub mod glops;
 pub mod inode;
+pub mod lock_dlm;
 pub mod log;
 pub mod mount;
 pub mod ops;

@@ -112,6 +112,13 @@ pub struct Fs {
     /// Inodes with no links that are still open, listed in our unlinked
     /// file so a crash cannot leak them.
     pub(crate) unlinked: BTreeSet<u64>,
+    /// Unlinked inodes nobody has open any more: freed by
+    /// [`Fs::free_doomed`] after the operation that doomed them (freeing a
+    /// large file takes several transactions, which an operation that may
+    /// be undone and run again must not contain).
+    pub(crate) doomed: BTreeSet<u64>,
+    /// `unlinked` and `doomed` at the savepoint.
+    saved: Option<(BTreeSet<u64>, BTreeSet<u64>)>,
     pub(crate) opts: MountOptions,
     pub(crate) sys: SysInodes,
     /// The statfs change last written to our statfs_change file.
@@ -133,7 +140,7 @@ fn refuse(dev: &dyn BlockDevice, detail: String) -> FsError {
 impl Fs {
     /// Mounts with `lock_nolock` (one node).
     pub fn mount(dev: Arc<dyn BlockDevice>, opts: MountOptions) -> Result<Fs> {
-        Fs::mount_with(dev, opts, Box::new(Nolock))
+        Fs::mount_with(dev, opts, Arc::new(Nolock))
     }
 
     /// Mounts with the given lock module. Checks the superblock and the
@@ -142,7 +149,7 @@ impl Fs {
     pub fn mount_with(
         dev: Arc<dyn BlockDevice>,
         opts: MountOptions,
-        proto: Box<dyn LockProtocol>,
+        proto: Arc<dyn LockProtocol>,
     ) -> Result<Fs> {
         let sb = io::read_superblock(&*dev)?;
         if sb.incompat & !INCOMPAT_KNOWN != 0 {
@@ -187,17 +194,20 @@ impl Fs {
             ));
         }
         io::check_block_size(&*dev, sb.block_size)?;
+        let glocks = Glocks::new(proto);
         let mut fs = Fs {
             cache: BufCache::new(geo, opts.cache_blocks),
             dev,
             sb,
             geo,
             log: None,
-            rgrps: Rgrps::new(Vec::new(), opts.jid),
-            glocks: Glocks::new(proto),
+            rgrps: Rgrps::new(Vec::new(), opts.jid, glocks.clone()),
+            glocks,
             inodes: HashMap::new(),
             opens: HashMap::new(),
             unlinked: BTreeSet::new(),
+            doomed: BTreeSet::new(),
+            saved: None,
             sys: SysInodes::default(),
             written_delta: StatfsDelta::default(),
             base_delta: StatfsDelta::default(),
@@ -210,10 +220,10 @@ impl Fs {
         // Our journal first: nothing else may be read before it is replayed.
         let jid = fs.opts.jid;
         fs.glocks
-            .hold(GlockName::journal(jid), GlockMode::Exclusive)?;
+            .acquire(GlockName::journal(jid), GlockMode::Exclusive)?;
         let jindex = fs.sb.jindex;
-        let jino = fs.sys_lookup(jindex, &sysfile::journal_name(jid))?;
-        let extent = fs.journal_extent(jid, jino)?;
+        let jino = fs.retrying(|fs| fs.sys_lookup(jindex, &sysfile::journal_name(jid)))?;
+        let extent = fs.retrying(|fs| fs.journal_extent(jid, jino))?;
         let replay = recovery::replay(&*fs.dev, geo, extent, fs.opts.read_only)?;
         if replay.was_dirty && fs.opts.read_only {
             return Err(refuse(
@@ -226,6 +236,35 @@ impl Fs {
         fs.inodes.clear();
         fs.report.replay = replay;
         fs.sys.journal = jino;
+        fs.retrying(|fs| fs.load_system_files(jid))?;
+        if let Some(pos) = replay.position {
+            fs.log = Some(Log::new(geo, jid, extent.start, extent.len, pos));
+        } else if !fs.opts.read_only {
+            return Err(refuse(
+                &*fs.dev,
+                "journal position unknown after replay".into(),
+            ));
+        }
+        if !fs.opts.read_only {
+            fs.report.orphans_freed = fs.retrying(|fs| fs.free_orphans())?;
+            fs.retrying(|fs| fs.commit())?;
+        }
+        tracing::info!(
+            device = fs.dev.name(),
+            jid,
+            read_only = fs.opts.read_only,
+            lock = fs.glocks.protocol(),
+            replayed = replay.transactions,
+            orphans = fs.report.orphans_freed,
+            "mounted"
+        );
+        Ok(fs)
+    }
+
+    /// Reads the rindex and finds this node's system files.
+    fn load_system_files(&mut self, jid: u32) -> Result<()> {
+        let fs = self;
+        let geo = fs.geo;
         let rindex_bytes = fs.jdata_read_all(fs.sb.rindex)?;
         let rindex = decode_rindex(&geo, fs.sb.rindex, &rindex_bytes)?;
         if rindex.len() != fs.sb.rgrps as usize {
@@ -238,7 +277,7 @@ impl Fs {
                 ),
             ));
         }
-        fs.rgrps = Rgrps::new(rindex, jid);
+        fs.rgrps = Rgrps::new(rindex, jid, fs.glocks.clone());
         let master = fs.sb.master_dir;
         let per_node = fs.sys_lookup(master, sysfile::PER_NODE)?;
         fs.sys.statfs = fs.sys_lookup(master, sysfile::STATFS)?;
@@ -247,28 +286,80 @@ impl Fs {
         let ch = fs.jdata_read_all(fs.sys.statfs_change)?;
         fs.base_delta = sysfile::decode_statfs_change(fs.sys.statfs_change, &ch)?;
         fs.written_delta = fs.base_delta;
-        if let Some(pos) = replay.position {
-            fs.log = Some(Log::new(geo, jid, extent.start, extent.len, pos));
-        } else if !fs.opts.read_only {
-            return Err(refuse(
-                &*fs.dev,
-                "journal position unknown after replay".into(),
-            ));
+        Ok(())
+    }
+
+    /// Starts recording what the next operation changes, so that
+    /// [`Fs::rollback`] can undo it (see [`FsError::GlockWait`]).
+    pub(crate) fn savepoint(&mut self) {
+        self.cache.savepoint();
+        self.rgrps.savepoint();
+        self.saved = Some((self.unlinked.clone(), self.doomed.clone()));
+    }
+
+    /// Undoes everything since the savepoint (or since the last commit
+    /// within it) and starts a new savepoint there.
+    pub(crate) fn rollback(&mut self) {
+        self.cache.rollback();
+        self.rgrps.rollback();
+        // Cached dinodes may hold undone changes; the buffer cache has the
+        // right bytes.
+        self.inodes.clear();
+        if let Some((u, d)) = self.saved.clone() {
+            self.unlinked = u;
+            self.doomed = d;
         }
-        if !fs.opts.read_only {
-            fs.report.orphans_freed = fs.free_orphans()?;
-            fs.commit()?;
+    }
+
+    pub(crate) fn release_savepoint(&mut self) {
+        self.cache.release_savepoint();
+        self.rgrps.release_savepoint();
+        self.saved = None;
+    }
+
+    /// Runs `f` until it needs no glock this node does not hold: on a
+    /// [`FsError::GlockWait`] the changes are undone, the glock acquired
+    /// and `f` runs again. For callers that own the file system outright
+    /// (mount, unmount, tests); the FUSE adapter does the same but lets
+    /// the file system go while it waits.
+    pub fn retrying<T>(&mut self, mut f: impl FnMut(&mut Fs) -> Result<T>) -> Result<T> {
+        loop {
+            self.savepoint();
+            match f(self) {
+                Err(FsError::GlockWait { name, mode }) => {
+                    self.rollback();
+                    self.release_savepoint();
+                    self.glocks.acquire(name, mode)?;
+                }
+                r => {
+                    self.release_savepoint();
+                    return r;
+                }
+            }
         }
-        tracing::info!(
-            device = fs.dev.name(),
-            jid,
-            read_only = fs.opts.read_only,
-            lock = fs.glocks.protocol(),
-            replayed = replay.transactions,
-            orphans = fs.report.orphans_freed,
-            "mounted"
-        );
-        Ok(fs)
+    }
+
+    /// Frees the doomed inodes (see [`Fs::doomed`]). Each may need glocks
+    /// this node does not hold: a [`FsError::GlockWait`] comes back to the
+    /// caller after the current chunk is undone; calling again continues.
+    pub fn free_doomed(&mut self) -> Result<()> {
+        while let Some(ino) = self.doomed.first().copied() {
+            self.begin_change()?;
+            let r = self.destroy_inode(ino);
+            match r {
+                Ok(()) => {
+                    self.doomed.remove(&ino);
+                    self.end_change()?;
+                }
+                Err(e) => {
+                    if e.is_fatal() {
+                        self.withdraw(&e);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn report(&self) -> MountReport {
@@ -361,7 +452,7 @@ impl Fs {
         self.jdata_replace(ino, &bytes)
     }
 
-    fn check_writable(&self) -> Result<()> {
+    pub(crate) fn check_writable(&self) -> Result<()> {
         if self.withdrawn {
             return Err(FsError::Withdrawn {
                 device: self.dev.name().to_string(),
@@ -464,12 +555,38 @@ impl Fs {
         drop(images);
         self.cache.committed();
         self.rgrps.committed();
+        if self.saved.is_some() {
+            self.saved = Some((self.unlinked.clone(), self.doomed.clone()));
+        }
         self.last_commit = Instant::now();
         // Keep the AIL (memory that cannot be evicted) bounded.
         if self.cache.ail_blocks() > self.opts.cache_blocks / 2 {
             self.checkpoint()?;
         }
         Ok(())
+    }
+
+    /// Checkpoints and writes a log header whose tail is the head, so that
+    /// replay of this journal needs (and puts back) nothing older. Used
+    /// before an Exclusive glock goes to another node.
+    pub(crate) fn checkpoint_and_mark_tail(&mut self) -> Result<()> {
+        let Some(log) = self.log.as_ref() else {
+            return Ok(());
+        };
+        let pos = log.position();
+        if self.cache.ail_blocks() == 0 && pos.tail == pos.head {
+            return Ok(());
+        }
+        let r = (|| {
+            self.checkpoint()?;
+            let delta = self.current_delta();
+            let log = self.log.as_mut().expect("checked");
+            log.write_header(&*self.dev, 0, delta)
+        })();
+        if let Err(e) = &r {
+            self.withdraw(e);
+        }
+        r
     }
 
     /// Writes every committed block in place and moves the log tail.

@@ -87,11 +87,16 @@ impl Fs {
     }
 
     /// Runs a changing operation: refuses on a read-only or withdrawn
-    /// mount, withdraws on a fatal error, commits when due.
+    /// mount, withdraws on a fatal error, commits when due. A
+    /// [`FsError::GlockWait`] goes back to the caller untouched (it undoes
+    /// the operation and runs it again). With one node, inodes the
+    /// operation doomed are freed here; in a cluster the caller frees them
+    /// ([`Fs::free_doomed`]) once the operation is done.
     fn change<T>(&mut self, f: impl FnOnce(&mut Fs) -> Result<T>) -> Result<T> {
         self.begin_change()?;
         let r = f(self);
         match &r {
+            Err(FsError::GlockWait { .. }) => return r,
             Err(err) if err.is_fatal() => self.withdraw(err),
             _ => {
                 if let Err(err) = self.end_change() {
@@ -99,6 +104,9 @@ impl Fs {
                     return Err(err);
                 }
             }
+        }
+        if r.is_ok() && !self.glocks.is_clustered() {
+            self.free_doomed()?;
         }
         r
     }
@@ -119,6 +127,22 @@ impl Fs {
     fn user_dinode(&mut self, ino: u64) -> Result<Dinode> {
         if !self.geo.is_valid_addr(ino) {
             return e(libc::ENOENT);
+        }
+        if self.glocks.is_clustered() {
+            // Checking the bitmap would take the rgrp glock from whoever
+            // allocates there. The inode glock covers the dinode: a block
+            // that is no dinode any more, or one nobody links or opens, is
+            // a file another node deleted.
+            let di = match self.dinode(ino) {
+                Err(FsError::Io(crate::format::io::IoError::Format { .. })) => {
+                    return e(libc::ESTALE)
+                }
+                r => r?,
+            };
+            if Fs::is_system(&di) || (di.nlink == 0 && !self.opens.contains_key(&ino)) {
+                return e(libc::ENOENT);
+            }
+            return Ok(di);
         }
         match self.rgrps.state(&mut self.cache, &*self.dev, ino)? {
             Some(BlockState::Dinode) | Some(BlockState::Unlinked) => {}
@@ -491,16 +515,18 @@ impl Fs {
         Ok(())
     }
 
-    /// The last name is gone: free now, or when the last opener closes.
+    /// The last name is gone: the inode goes on the unlinked list (so a
+    /// crash cannot leak it) and is freed after this operation, or when
+    /// the last opener closes.
     fn drop_last_link(&mut self, ino: u64) -> Result<()> {
-        if self.opens.get(&ino).copied().unwrap_or(0) > 0 {
-            self.rgrps
-                .set_state(&mut self.cache, &*self.dev, ino, 1, BlockState::Unlinked)?;
-            self.unlinked.insert(ino);
-            self.write_unlinked_list()
-        } else {
-            self.destroy_inode(ino)
+        self.rgrps
+            .set_state(&mut self.cache, &*self.dev, ino, 1, BlockState::Unlinked)?;
+        self.unlinked.insert(ino);
+        self.write_unlinked_list()?;
+        if self.opens.get(&ino).copied().unwrap_or(0) == 0 {
+            self.doomed.insert(ino);
         }
+        Ok(())
     }
 
     // ---- rename ----
@@ -860,7 +886,11 @@ impl Fs {
         if n <= 1 {
             self.opens.remove(&ino);
             if self.unlinked.contains(&ino) {
-                return self.change(|fs| fs.destroy_inode(ino));
+                self.doomed.insert(ino);
+                if !self.glocks.is_clustered() {
+                    self.check_writable()?;
+                    return self.free_doomed();
+                }
             }
         } else {
             self.opens.insert(ino, n - 1);

@@ -4,9 +4,13 @@
 //! choice of where a new block goes, and this node's statfs changes. Every
 //! change to a header or bitmap goes into the running transaction through
 //! the buffer cache, one header and the one bitmap block touched. May not
-//! touch: what the blocks are used for (callers say DATA or DINODE), or the
-//! rgrp glocks (callers take them; in a cluster each rgrp's LVB carries its
-//! free count so a node can pick a group without reading it).
+//! touch: what the blocks are used for (callers say DATA or DINODE).
+//!
+//! Every rgrp is read under its glock (Shared) and changed under it
+//! (Exclusive); in a cluster a glock this node does not hold turns into
+//! [`FsError::GlockWait`] and the operation runs again once it is held.
+//! When another node takes an rgrp glock, [`Rgrps::forget_rgrp`] drops
+//! what was loaded from it.
 //!
 //! Freed blocks are not reused until the transaction that freed them
 //! commits: otherwise a crash could replay the old owner's pointers onto a
@@ -17,6 +21,7 @@ use crate::error::{FsError, Result};
 use crate::format::journal::StatfsDelta;
 use crate::format::rgrp::{BitmapBlock, BlockState, RgrpBitmap, RgrpHeader, RindexEntry};
 use crate::format::RgrpFlags;
+use crate::glock::{GlockMode, GlockName, Glocks};
 use blockdev::BlockDevice;
 use std::collections::{HashMap, HashSet};
 
@@ -37,10 +42,14 @@ pub struct Rgrps {
     /// The rgrp this node allocates from first (spread by journal id so
     /// nodes do not contend).
     home: usize,
+    /// Since the savepoint: blocks added to `pending_free`, and `delta`
+    /// as it was (see [`crate::buf`]'s savepoints).
+    savepoint: Option<(Vec<u64>, StatfsDelta)>,
+    glocks: Glocks,
 }
 
 impl Rgrps {
-    pub fn new(entries: Vec<RindexEntry>, jid: u32) -> Rgrps {
+    pub fn new(entries: Vec<RindexEntry>, jid: u32, glocks: Glocks) -> Rgrps {
         let usable: Vec<usize> = entries
             .iter()
             .enumerate()
@@ -58,6 +67,8 @@ impl Rgrps {
             pending_free: HashSet::new(),
             delta: StatfsDelta::default(),
             home,
+            savepoint: None,
+            glocks,
         }
     }
 
@@ -109,6 +120,18 @@ impl Rgrps {
         self.loaded.clear();
     }
 
+    /// Forgets the rgrp whose header is at `addr` (its glock is going to
+    /// another node).
+    pub fn forget_rgrp(&mut self, addr: u64) {
+        if let Some(i) = self.entries.iter().position(|e| e.addr == addr) {
+            self.loaded.remove(&i);
+        }
+    }
+
+    fn glock(&self, i: usize, mode: GlockMode) -> Result<()> {
+        self.glocks.hold(GlockName::rgrp(self.entries[i].addr), mode)
+    }
+
     /// The state of block `addr`.
     pub fn state(
         &mut self,
@@ -119,6 +142,7 @@ impl Rgrps {
         let Some(i) = self.index_of(addr) else {
             return Ok(None);
         };
+        self.glock(i, GlockMode::Shared)?;
         self.load(cache, dev, i)?;
         let l = &self.loaded[&i];
         Ok(l.bits.get((addr - l.hdr.data0) as u32))
@@ -168,6 +192,7 @@ impl Rgrps {
             if !allocatable(self.entries[i].flags) {
                 continue;
             }
+            self.glock(i, GlockMode::Exclusive)?;
             self.load(cache, dev, i)?;
             let l = self.loaded.get_mut(&i).expect("loaded");
             if l.hdr.free == 0 {
@@ -262,6 +287,7 @@ impl Rgrps {
         addrs: &[u64],
         to: BlockState,
     ) -> Result<()> {
+        self.glock(i, GlockMode::Exclusive)?;
         self.load(cache, dev, i)?;
         let l = self.loaded.get_mut(&i).expect("loaded");
         let mut bits = Vec::with_capacity(addrs.len());
@@ -289,7 +315,11 @@ impl Rgrps {
                 BlockState::Free => {
                     l.hdr.free += 1;
                     self.delta.free += 1;
-                    self.pending_free.insert(a);
+                    if self.pending_free.insert(a) {
+                        if let Some((added, _)) = self.savepoint.as_mut() {
+                            added.push(a);
+                        }
+                    }
                     cache.forget(a);
                 }
                 BlockState::Dinode => {
@@ -318,9 +348,35 @@ impl Rgrps {
         self.set_states(cache, dev, addrs, BlockState::Free)
     }
 
+    /// Starts recording what changes do here, so they can be undone.
+    pub fn savepoint(&mut self) {
+        self.savepoint = Some((Vec::new(), self.delta));
+    }
+
+    pub fn release_savepoint(&mut self) {
+        self.savepoint = None;
+    }
+
+    /// Undoes the allocator's changes since the savepoint (the buffer
+    /// cache undoes the blocks; loaded rgrps are read again from it).
+    pub fn rollback(&mut self) {
+        let Some((added, delta)) = self.savepoint.take() else {
+            return;
+        };
+        for a in added {
+            self.pending_free.remove(&a);
+        }
+        self.delta = delta;
+        self.loaded.clear();
+        self.savepoint = Some((Vec::new(), self.delta));
+    }
+
     /// The running transaction committed: its freed blocks may be reused.
     pub fn committed(&mut self) {
         self.pending_free.clear();
+        if self.savepoint.is_some() {
+            self.savepoint = Some((Vec::new(), self.delta));
+        }
     }
 
     pub fn delta(&self) -> StatfsDelta {
@@ -330,6 +386,9 @@ impl Rgrps {
     /// The delta was folded into the statfs file.
     pub fn folded(&mut self) {
         self.delta = StatfsDelta::default();
+        if self.savepoint.is_some() {
+            self.savepoint = Some((Vec::new(), self.delta));
+        }
     }
 }
 

@@ -1,0 +1,188 @@
+//! The demote worker: gives glocks up (or converts them down) when other
+//! nodes ask for them, as OCFS2's downconvert thread does.
+//!
+//! Owns: the queue of blocking callbacks, the minimum hold time, and the
+//! order of a demote. May not touch: what syncing or invalidating means
+//! for a kind of glock (`glops.rs`), or FUSE itself (the adapter hands in a
+//! [`KernelCaches`]).
+//!
+//! A blocking callback only queues work here; the lock module's event
+//! thread never waits for the file system. A demote then runs, in order:
+//!
+//! 1. wait out the minimum hold time since the grant (damps ping-pong);
+//! 2. claim the glock (a request for it in flight finishes first);
+//! 3. holding the file system: write back and make durable what the glock
+//!    covers, and drop this node's caches of it if the glock is going away
+//!    (an Exclusive holder asked only for Shared keeps its clean caches);
+//! 4. *not* holding the file system: invalidate the kernel's caches of the
+//!    inode. The kernel may wait here for a request it is serving on the
+//!    same inode, with pages locked; that request needs the file system,
+//!    so it must be free — and the glock still held, so the request can
+//!    finish;
+//! 5. holding the file system again: if any operation used the glock
+//!    since step 3, its results may be in the kernel's caches — go back to
+//!    step 3 (a bounded number of times). Otherwise sync once more and
+//!    convert or unlock at the lock module *before* letting the file
+//!    system go, so no operation can use the glock in between.
+
+use crate::glock::{GlockKind, GlockMode, GlockName, Glocks};
+use crate::mount::Fs;
+use std::collections::BTreeMap;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The kernel's caches of a glock's inode (the FUSE notifier).
+pub trait KernelCaches: Send + Sync {
+    /// Invalidates the kernel's pages and attributes of what `name`
+    /// covers. Must not be called with the file system held.
+    fn invalidate(&self, name: GlockName);
+}
+
+/// Rounds of step 3–5 before a demote goes ahead although the glock was
+/// used meanwhile (each round is short; a busy reader could otherwise hold
+/// a writer on another node off forever).
+pub const MAX_PASSES: u32 = 8;
+
+/// Another node wants `name` in `wanted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoteRequest {
+    pub name: GlockName,
+    pub wanted: GlockMode,
+}
+
+/// Starts the worker; it ends when every sender is dropped.
+pub fn spawn(
+    fs: Arc<Mutex<Option<Fs>>>,
+    glocks: Glocks,
+    kernel: Arc<dyn KernelCaches>,
+    min_hold: Duration,
+) -> std::io::Result<(Sender<DemoteRequest>, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel();
+    let w = Worker {
+        fs,
+        glocks,
+        kernel,
+        min_hold,
+    };
+    let h = std::thread::Builder::new()
+        .name("rdlmfs-demote".into())
+        .spawn(move || w.run(rx))?;
+    Ok((tx, h))
+}
+
+struct Worker {
+    fs: Arc<Mutex<Option<Fs>>>,
+    glocks: Glocks,
+    kernel: Arc<dyn KernelCaches>,
+    min_hold: Duration,
+}
+
+impl Worker {
+    fn run(&self, rx: Receiver<DemoteRequest>) {
+        // Requests not yet due, with the strongest mode wanted.
+        let mut pending: BTreeMap<GlockName, GlockMode> = BTreeMap::new();
+        loop {
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            let due: Vec<(GlockName, GlockMode)> = pending
+                .iter()
+                .filter(|(n, _)| {
+                    let at = self.due(**n);
+                    if at <= now {
+                        true
+                    } else {
+                        next = Some(next.map_or(at, |x: Instant| x.min(at)));
+                        false
+                    }
+                })
+                .map(|(n, m)| (*n, *m))
+                .collect();
+            for (n, m) in due {
+                pending.remove(&n);
+                self.demote(n, m);
+            }
+            let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
+            let got = match wait {
+                Some(w) => rx.recv_timeout(w),
+                None if pending.is_empty() => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => continue,
+            };
+            match got {
+                Ok(r) => {
+                    let m = pending.entry(r.name).or_insert(r.wanted);
+                    *m = (*m).max(r.wanted);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn due(&self, name: GlockName) -> Instant {
+        match self.glocks.granted_at(name) {
+            Some(at) => at + self.min_hold,
+            None => Instant::now(),
+        }
+    }
+
+    fn demote(&self, name: GlockName, wanted: GlockMode) {
+        let Some(held) = self.glocks.begin_demote(name) else {
+            return;
+        };
+        let to = match (held, wanted) {
+            (GlockMode::Exclusive, GlockMode::Shared) => Some(GlockMode::Shared),
+            _ => None,
+        };
+        let kernel = to.is_none() && name.kind == GlockKind::Inode;
+        let mut pass = 0;
+        loop {
+            pass += 1;
+            let uses = {
+                let mut g = self.fs.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(fs) = g.as_mut() else {
+                    // Unmounting: the unmount syncs and releases everything.
+                    self.glocks.abort_demote(name);
+                    return;
+                };
+                if let Err(e) = fs.go_sync(name, held) {
+                    tracing::error!(glock = %name, error = %e, "cannot write back for a demote; keeping the glock");
+                    self.glocks.abort_demote(name);
+                    return;
+                }
+                if to.is_none() {
+                    fs.go_inval(name);
+                }
+                self.glocks.uses(name)
+            };
+            if kernel {
+                self.kernel.invalidate(name);
+            }
+            let mut g = self.fs.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(fs) = g.as_mut() else {
+                self.glocks.abort_demote(name);
+                return;
+            };
+            if self.glocks.uses(name) != uses && kernel && pass < MAX_PASSES {
+                continue;
+            }
+            if pass >= MAX_PASSES {
+                tracing::warn!(glock = %name, "demoting although the glock stayed in use");
+            }
+            if let Err(e) = fs.go_sync(name, held) {
+                tracing::error!(glock = %name, error = %e, "cannot write back for a demote; keeping the glock");
+                self.glocks.abort_demote(name);
+                return;
+            }
+            if to.is_none() {
+                fs.go_inval(name);
+            }
+            if let Err(e) = self.glocks.finish_demote(name, to, None) {
+                tracing::error!(glock = %name, error = %e, "demote failed at the lock manager");
+            }
+            drop(g);
+            return;
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! What giving a glock up means for each kind of glock (GFS2's glops):
+//! what must reach the disk first (`go_sync`) and which of this node's
+//! caches stop being trustworthy (`go_inval`).
+//!
+//! Owns: those two rules per [`GlockKind`]. May not touch: the order of
+//! the demote (that is `demote.rs`), the kernel's caches (the FUSE adapter
+//! invalidates them), or the lock module.
+//!
+//! Replay safety — the rule GFS2 and OCFS2 both follow in their own way:
+//! before this node gives up an Exclusive glock, every block it journaled
+//! under it is written in place *and* the on-disk log tail has moved past
+//! it. Otherwise, if this node died later, a survivor replaying its
+//! journal would put back an old copy over what the next holder wrote. We
+//! commit, checkpoint everything and write a log header whose tail is the
+//! head: simple and always correct, at the price of checkpointing blocks of
+//! other glocks too (GFS2 flushes only the glock's own AIL list).
+
+use crate::error::Result;
+use crate::glock::{GlockKind, GlockMode, GlockName};
+use crate::mount::Fs;
+
+impl Fs {
+    /// Makes everything changed under `name` durable and in place, with
+    /// the log tail past it (see the module doc). `held` is the mode this
+    /// node holds: a Shared holder changed nothing.
+    pub fn go_sync(&mut self, name: GlockName, held: GlockMode) -> Result<()> {
+        if held != GlockMode::Exclusive || self.is_read_only() {
+            return Ok(());
+        }
+        match name.kind {
+            GlockKind::Inode | GlockKind::Rgrp | GlockKind::Rename | GlockKind::Iopen => {
+                self.commit()?;
+                self.checkpoint_and_mark_tail()
+            }
+            GlockKind::Control | GlockKind::Flock | GlockKind::Journal => Ok(()),
+        }
+    }
+
+    /// Drops this node's copies of what `name` covers: they may change
+    /// once another node holds it Exclusive.
+    pub fn go_inval(&mut self, name: GlockName) {
+        match name.kind {
+            GlockKind::Inode => {
+                self.inodes.remove(&name.number);
+                // Which cached blocks belong to the inode is not recorded;
+                // every clean block goes (it was all written in place by
+                // go_sync, so nothing is lost but the reads).
+                self.cache.invalidate_clean();
+            }
+            GlockKind::Rgrp => {
+                self.rgrps.forget_rgrp(name.number);
+                self.cache.invalidate_clean();
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! `lock_dlm`: glocks as locks of rdlm, the cluster's lock manager.
+//!
+//! Owns: the mapping of a glock onto a DLM lock (name = kind + number,
+//! Shared = PR, Exclusive = EX, every lock with a value block), the lock
+//! ids of held glocks, and turning the DLM's blocking callbacks into
+//! demote requests. May not touch: when a glock is demoted or what that
+//! writes back (`demote.rs`, `glops.rs`), or membership and recovery
+//! decisions (the mount's cluster code).
+//!
+//! A blocking callback names a lock id; this module maps it back to the
+//! glock and queues a [`DemoteRequest`]. It never waits on the file system.
+
+use crate::demote::DemoteRequest;
+use crate::error::{FsError, Result};
+use crate::glock::{GlockMode, GlockName, LockProtocol};
+use rdlm::api::{BlockingDlm, DlmError, DlmEvent};
+use rdlm::{Flags, Mode};
+use std::collections::HashMap;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, PoisonError};
+
+fn dlm_mode(m: GlockMode) -> Mode {
+    match m {
+        GlockMode::Shared => Mode::PR,
+        GlockMode::Exclusive => Mode::EX,
+    }
+}
+
+#[derive(Default)]
+struct Ids {
+    by_name: HashMap<GlockName, u64>,
+    by_lkid: HashMap<u64, GlockName>,
+}
+
+/// The lock module of a cluster mount.
+pub struct LockDlm {
+    dlm: BlockingDlm,
+    lockspace: String,
+    ids: Mutex<Ids>,
+}
+
+impl LockDlm {
+    pub fn new(dlm: BlockingDlm, lockspace: String) -> LockDlm {
+        LockDlm {
+            dlm,
+            lockspace,
+            ids: Mutex::new(Ids::default()),
+        }
+    }
+
+    fn ids(&self) -> std::sync::MutexGuard<'_, Ids> {
+        self.ids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn err(&self, name: GlockName, e: DlmError) -> FsError {
+        FsError::Lock {
+            detail: format!("lock_dlm: lockspace {}: glock {name}: {e}", self.lockspace),
+        }
+    }
+
+    /// The glock a DLM lock id belongs to.
+    pub fn glock_of(&self, lkid: u64) -> Option<GlockName> {
+        self.ids().by_lkid.get(&lkid).copied()
+    }
+
+    /// Takes `name` in `mode` only if that is possible at once (NOQUEUE):
+    /// Ok(false) if another node holds it incompatibly.
+    pub fn try_lock(&self, name: GlockName, mode: GlockMode) -> Result<bool> {
+        match self.request(name, mode, Flags::NOQUEUE) {
+            Ok(_) => Ok(true),
+            Err(DlmError::WouldBlock { .. }) => Ok(false),
+            Err(e) => Err(self.err(name, e)),
+        }
+    }
+
+    fn request(
+        &self,
+        name: GlockName,
+        mode: GlockMode,
+        flags: Flags,
+    ) -> std::result::Result<Option<Vec<u8>>, DlmError> {
+        let held = self.ids().by_name.get(&name).copied();
+        let grant = match held {
+            Some(lkid) => self
+                .dlm
+                .convert(lkid, dlm_mode(mode), flags | Flags::VALBLK, None, None)?,
+            None => {
+                let g = self.dlm.lock_in(
+                    &self.lockspace,
+                    0,
+                    &name.resource_name(),
+                    dlm_mode(mode),
+                    flags | Flags::VALBLK,
+                    true,
+                    None,
+                )?;
+                let mut ids = self.ids();
+                ids.by_name.insert(name, g.lkid);
+                ids.by_lkid.insert(g.lkid, name);
+                g
+            }
+        };
+        Ok(if grant.lvb_valid { grant.lvb } else { None })
+    }
+}
+
+impl LockProtocol for LockDlm {
+    fn name(&self) -> &'static str {
+        "lock_dlm"
+    }
+
+    fn may_wait(&self) -> bool {
+        true
+    }
+
+    fn lock(&self, name: GlockName, mode: GlockMode) -> Result<Option<Vec<u8>>> {
+        self.request(name, mode, Flags::NONE)
+            .map_err(|e| self.err(name, e))
+    }
+
+    fn demote_to_shared(&self, name: GlockName, lvb: Option<Vec<u8>>) -> Result<()> {
+        let Some(lkid) = self.ids().by_name.get(&name).copied() else {
+            return Ok(());
+        };
+        self.dlm
+            .convert(lkid, Mode::PR, Flags::VALBLK, lvb, None)
+            .map(|_| ())
+            .map_err(|e| self.err(name, e))
+    }
+
+    fn unlock(&self, name: GlockName, lvb: Option<Vec<u8>>) -> Result<()> {
+        let Some(lkid) = self.ids().by_name.remove(&name) else {
+            return Ok(());
+        };
+        self.ids().by_lkid.remove(&lkid);
+        self.dlm.unlock(lkid, lvb).map_err(|e| self.err(name, e))
+    }
+}
+
+/// Turns the DLM's events into demote requests until the event stream
+/// ends; other events go to `other` (the mount's membership and recovery
+/// handling).
+pub fn forward_events(
+    proto: Arc<LockDlm>,
+    mut events: rdlm::api::Events,
+    demotes: Sender<DemoteRequest>,
+    other: Sender<DlmEvent>,
+) {
+    while let Some(ev) = events.blocking_recv() {
+        match ev {
+            DlmEvent::Blocking { lkid, mode } => {
+                let Some(name) = proto.glock_of(lkid) else {
+                    continue;
+                };
+                let wanted = match mode {
+                    Mode::NL | Mode::CR | Mode::PR => GlockMode::Shared,
+                    _ => GlockMode::Exclusive,
+                };
+                tracing::debug!(glock = %name, ?mode, "blocking callback");
+                if demotes.send(DemoteRequest { name, wanted }).is_err() {
+                    return;
+                }
+            }
+            other_ev => {
+                if other.send(other_ev).is_err() {
+                    tracing::debug!("no listener for lock manager events");
+                }
+            }
+        }
+    }
+}
