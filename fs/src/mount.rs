@@ -29,6 +29,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Below this much usable free space an operation first commits, so that
+/// blocks freed by earlier operations can be reused (more than one FUSE
+/// write can allocate).
+const LOW_SPACE_BYTES: u64 = 32 << 20;
+
 /// When access times are updated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AtimeMode {
@@ -375,7 +380,25 @@ impl Fs {
 
     /// Called before an operation that changes anything.
     pub(crate) fn begin_change(&mut self) -> Result<()> {
-        self.check_writable()
+        self.check_writable()?;
+        self.make_room()
+    }
+
+    /// Blocks freed by the running transaction are reused only after it
+    /// commits. On a nearly full device that would make deleting a file
+    /// useless until the commit timer fires (ENOSPC right after `rm`), so
+    /// the transaction is committed first — here, between operations,
+    /// never in the middle of one.
+    fn make_room(&mut self) -> Result<()> {
+        let pending = self.rgrps.pending_frees();
+        if pending == 0 || self.log.is_none() {
+            return Ok(());
+        }
+        let usable = self.statfs()?.free.saturating_sub(pending);
+        if usable < LOW_SPACE_BYTES / u64::from(self.geo.block_size) {
+            self.commit()?;
+        }
+        Ok(())
     }
 
     /// A fatal error during a change: the running transaction cannot be
@@ -534,7 +557,8 @@ impl Fs {
     /// statfs, checkpoint, CLEAN log header, flush. Open unlinked files are
     /// freed as if closed.
     pub fn unmount(mut self) -> Result<()> {
-        if self.log.is_none() || self.withdrawn {
+        // A read-only mount wrote nothing and must write nothing now.
+        if self.log.is_none() || self.withdrawn || self.opts.read_only {
             let _ = self.glocks.release_all();
             return if self.withdrawn {
                 Err(FsError::Withdrawn {
