@@ -245,7 +245,15 @@ impl Fs {
                     }
                 }
                 if level == 0 {
-                    di.goal = blk + u64::from(n);
+                    // The next allocation starts after this run — unless
+                    // the run ends at the end of the device (the goal
+                    // must be an address of the file system).
+                    let next = blk + u64::from(n);
+                    di.goal = if self.geo.is_valid_addr(next) {
+                        next
+                    } else {
+                        blk
+                    };
                     return Ok((blk, n, true));
                 }
                 cur = blk;

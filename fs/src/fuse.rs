@@ -12,7 +12,8 @@
 //! Permission checks are done by the file system itself (not the kernel's
 //! `default_permissions`), because they must honour POSIX ACLs; the kernel
 //! is asked not to apply the umask (FUSE_DONT_MASK) so a default ACL can
-//! replace it, as POSIX requires.
+//! replace it, as POSIX requires. For the same reason the file system, not
+//! the kernel, clears setuid/setgid bits (FUSE_HANDLE_KILLPRIV).
 
 use crate::acl::Cred;
 use crate::error::FsError;
@@ -252,6 +253,11 @@ fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
 impl Filesystem for RdlmFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
+        // The file system clears setuid/setgid on write, truncate and
+        // chown itself (ops.rs). Without this the kernel asks for it with
+        // a chmod carrying the writer's credentials, which a writer who
+        // does not own the file may not do: the write would fail (EPERM).
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV);
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
     }

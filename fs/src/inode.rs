@@ -227,21 +227,60 @@ impl Fs {
         off: u64,
         data: &[u8],
     ) -> Result<()> {
-        if data.is_empty() {
-            return Ok(());
+        match self.write_data_partial(ino, di, off, data) {
+            (_, None) => Ok(()),
+            (_, Some(e)) => Err(e),
         }
-        let end = off
+    }
+
+    /// As [`write_data`](Self::write_data), but when allocation fails
+    /// part way (ENOSPC) returns how many bytes from `off` were written,
+    /// with the error. Every block allocated so far is linked into `di`'s
+    /// tree and `di.size` covers what was written, so the caller must
+    /// still write `di` back (else the blocks leak): a short write.
+    pub(crate) fn write_data_partial(
+        &mut self,
+        ino: u64,
+        di: &mut Dinode,
+        off: u64,
+        data: &[u8],
+    ) -> (usize, Option<FsError>) {
+        if data.is_empty() {
+            return (0, None);
+        }
+        let Some(end) = off
             .checked_add(data.len() as u64)
             .filter(|e| *e <= crate::format::dinode::MAX_FILE_SIZE)
-            .ok_or(FsError::Errno(libc::EFBIG))?;
+        else {
+            return (0, Some(FsError::Errno(libc::EFBIG)));
+        };
         let cap = stuffed_capacity(self.geo.block_size) as u64;
         if di.height == 0 && end <= cap {
             if let DinodeContent::Stuffed(b) = &mut di.content {
                 b[off as usize..end as usize].copy_from_slice(data);
             }
             di.size = di.size.max(end);
-            return Ok(());
+            return (data.len(), None);
         }
+        let mut done = 0usize;
+        let r = self.write_runs(ino, di, off, end, data, &mut done);
+        if done > 0 {
+            di.size = di.size.max(off + done as u64);
+        }
+        (done, r.err())
+    }
+
+    /// The block part of [`write_data_partial`](Self::write_data_partial);
+    /// `done` counts the bytes written.
+    fn write_runs(
+        &mut self,
+        ino: u64,
+        di: &mut Dinode,
+        off: u64,
+        end: u64,
+        data: &[u8],
+        done: &mut usize,
+    ) -> Result<()> {
         self.unstuff(ino, di)?;
         let bs = u64::from(self.geo.block_size);
         let mut l = off / bs;
@@ -265,9 +304,9 @@ impl Fs {
             buf[(from - run_start) as usize..(to - run_start) as usize]
                 .copy_from_slice(&data[(from - off) as usize..(to - off) as usize]);
             self.write_data_blocks(blk, &buf)?;
+            *done = (to - off) as usize;
             l += n;
         }
-        di.size = di.size.max(end);
         Ok(())
     }
 

@@ -29,6 +29,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Below this much usable free space an operation first commits, so that
+/// blocks freed by earlier operations can be reused (more than one FUSE
+/// write can allocate).
+const LOW_SPACE_BYTES: u64 = 32 << 20;
+
 /// When access times are updated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AtimeMode {
@@ -466,7 +471,25 @@ impl Fs {
 
     /// Called before an operation that changes anything.
     pub(crate) fn begin_change(&mut self) -> Result<()> {
-        self.check_writable()
+        self.check_writable()?;
+        self.make_room()
+    }
+
+    /// Blocks freed by the running transaction are reused only after it
+    /// commits. On a nearly full device that would make deleting a file
+    /// useless until the commit timer fires (ENOSPC right after `rm`), so
+    /// the transaction is committed first — here, between operations,
+    /// never in the middle of one.
+    fn make_room(&mut self) -> Result<()> {
+        let pending = self.rgrps.pending_frees();
+        if pending == 0 || self.log.is_none() {
+            return Ok(());
+        }
+        let usable = self.statfs()?.free.saturating_sub(pending);
+        if usable < LOW_SPACE_BYTES / u64::from(self.geo.block_size) {
+            self.commit()?;
+        }
+        Ok(())
     }
 
     /// A fatal error during a change: the running transaction cannot be
@@ -647,11 +670,30 @@ impl Fs {
         Ok(())
     }
 
+    /// The part of unmounting that may need glocks (and so may be undone
+    /// and run again): open unlinked files are freed as if closed, statfs
+    /// changes are folded into the master file, and all is committed. A
+    /// cluster mount runs it while other nodes can still ask for glocks.
+    pub fn prepare_unmount(&mut self) -> Result<()> {
+        if self.log.is_none() || self.withdrawn || self.opts.read_only {
+            return Ok(());
+        }
+        let open: Vec<u64> = self.unlinked.iter().copied().collect();
+        for ino in open {
+            self.opens.remove(&ino);
+            self.doomed.insert(ino);
+        }
+        self.free_doomed()?;
+        self.fold_statfs()?;
+        self.commit()
+    }
+
     /// Flushes everything and leaves the journal clean: commit, fold
     /// statfs, checkpoint, CLEAN log header, flush. Open unlinked files are
     /// freed as if closed.
     pub fn unmount(mut self) -> Result<()> {
-        if self.log.is_none() || self.withdrawn {
+        // A read-only mount wrote nothing and must write nothing now.
+        if self.log.is_none() || self.withdrawn || self.opts.read_only {
             let _ = self.glocks.release_all();
             return if self.withdrawn {
                 Err(FsError::Withdrawn {
@@ -661,14 +703,8 @@ impl Fs {
                 Ok(())
             };
         }
-        let open: Vec<u64> = self.unlinked.iter().copied().collect();
-        for ino in open {
-            self.opens.remove(&ino);
-            self.destroy_inode(ino)?;
-            self.maybe_commit()?;
-        }
+        self.retrying(|fs| fs.prepare_unmount())?;
         self.write_unlinked_list()?;
-        self.fold_statfs()?;
         self.commit()?;
         self.checkpoint()?;
         let log = self.log.as_mut().expect("checked");

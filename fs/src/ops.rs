@@ -401,21 +401,34 @@ impl Fs {
         };
         self.glocks
             .hold(GlockName::inode(ino), GlockMode::Exclusive)?;
-        if let Some(tg) = target {
-            if tg.len() > cap {
-                self.write_data(ino, &mut di, 0, tg)?;
-                self.put_dinode(ino, &mut di)?;
+        let linked = (|| {
+            if let Some(tg) = target {
+                if tg.len() > cap {
+                    let r = self.write_data(ino, &mut di, 0, tg);
+                    // Whatever the tree holds must stay referenced.
+                    self.put_dinode(ino, &mut di)?;
+                    r?;
+                }
             }
-        }
-        if let Some(a) = new_acl {
-            self.xattr_set(ino, acl::ACL_ACCESS, Some(&a.encode()), 0)?;
-        }
-        if kind == FileType::Directory {
-            if let Some(d) = &default_acl {
-                self.xattr_set(ino, acl::ACL_DEFAULT, Some(&d.encode()), 0)?;
+            if let Some(a) = new_acl {
+                self.xattr_set(ino, acl::ACL_ACCESS, Some(&a.encode()), 0)?;
             }
+            if kind == FileType::Directory {
+                if let Some(d) = &default_acl {
+                    self.xattr_set(ino, acl::ACL_DEFAULT, Some(&d.encode()), 0)?;
+                }
+            }
+            self.dir_add(parent, name, ino, kind)
+        })();
+        match linked {
+            // Refused (out of space) after the dinode was allocated: free
+            // it again, or it would be an orphan nothing points at.
+            Err(err) if !err.is_fatal() && !matches!(err, FsError::GlockWait { .. }) => {
+                self.destroy_inode(ino)?;
+                return Err(err);
+            }
+            r => r?,
         }
-        self.dir_add(parent, name, ino, kind)?;
         let mut pd = self.dinode(parent)?;
         if kind == FileType::Directory {
             pd.nlink += 1;
@@ -952,7 +965,20 @@ impl Fs {
             } else {
                 off
             };
-            fs.write_data(ino, &mut di, off, data)?;
+            let (written, err) = fs.write_data_partial(ino, &mut di, off, data);
+            match err {
+                Some(err) if err.is_fatal() => return Err(err),
+                // Undone and run again once the glock is held.
+                Some(err @ FsError::GlockWait { .. }) => return Err(err),
+                // Nothing written: the dinode may still have grown a tree
+                // (its blocks must stay referenced), but no time changes.
+                Some(err) if written == 0 => {
+                    fs.put_dinode(ino, &mut di)?;
+                    return Err(err);
+                }
+                // Out of space part way: a short write of what fitted.
+                _ => {}
+            }
             let t = now();
             di.mtime = t;
             di.ctime = t;
@@ -963,7 +989,7 @@ impl Fs {
             if di.flags.contains(DinodeFlags::SYNC) {
                 fs.commit()?;
             }
-            Ok(data.len())
+            Ok(written)
         })
     }
 

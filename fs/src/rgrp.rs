@@ -371,6 +371,12 @@ impl Rgrps {
         self.savepoint = Some((Vec::new(), self.delta));
     }
 
+    /// How many blocks the running transaction freed (not reusable before
+    /// it commits).
+    pub fn pending_frees(&self) -> u64 {
+        self.pending_free.len() as u64
+    }
+
     /// The running transaction committed: its freed blocks may be reused.
     pub fn committed(&mut self) {
         self.pending_free.clear();
