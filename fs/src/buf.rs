@@ -412,9 +412,10 @@ mod tests {
         (dir, dev, BufCache::new(geo, 64))
     }
 
-    fn ind(owner: u64) -> Indirect {
+    /// An indirect block told apart by `tag` (its owner field).
+    fn ind(tag: u64) -> Indirect {
         Indirect {
-            owner,
+            owner: 40 + tag,
             level: 1,
             ptrs: vec![0; indirect_ptrs(4096)],
         }
@@ -432,9 +433,9 @@ mod tests {
         let mut raw = vec![0u8; 4096];
         dev.read_at(100 * 4096, &mut raw).unwrap();
         let on_disk: Indirect = decode_block(c.geometry(), 100, &raw).unwrap();
-        assert_eq!(on_disk.owner, 1, "uncommitted bytes reached the disk");
+        assert_eq!(on_disk.owner - 40, 1, "uncommitted bytes reached the disk");
         // The cache still serves the running transaction's version.
-        assert_eq!(c.read_meta::<Indirect>(&dev, 100).unwrap().owner, 2);
+        assert_eq!(c.read_meta::<Indirect>(&dev, 100).unwrap().owner - 40, 2);
         assert_eq!(c.dirty_blocks(), 1);
     }
 
@@ -451,8 +452,8 @@ mod tests {
         c.write_meta(102, &ind(3)).unwrap(); // new
         c.forget(101);
         c.rollback();
-        assert_eq!(c.read_meta::<Indirect>(&dev, 100).unwrap().owner, 1);
-        assert_eq!(c.read_meta::<Indirect>(&dev, 101).unwrap().owner, 5);
+        assert_eq!(c.read_meta::<Indirect>(&dev, 100).unwrap().owner - 40, 1);
+        assert_eq!(c.read_meta::<Indirect>(&dev, 101).unwrap().owner - 40, 5);
         assert_eq!(c.pending_revokes(), 0, "the forget's revoke is undone");
         assert_eq!(c.dirty_blocks(), 1, "only 101 was dirty at the savepoint");
         assert!(c.read_meta::<Indirect>(&dev, 102).is_err(), "102 is gone");
@@ -461,7 +462,7 @@ mod tests {
         let mut raw = vec![0u8; 4096];
         dev.read_at(101 * 4096, &mut raw).unwrap();
         let on_disk: Indirect = decode_block(c.geometry(), 101, &raw).unwrap();
-        assert_eq!(on_disk.owner, 1);
+        assert_eq!(on_disk.owner - 40, 1);
     }
 
     #[test]
@@ -472,7 +473,7 @@ mod tests {
         c.committed();
         c.write_meta(100, &ind(2)).unwrap();
         c.rollback();
-        assert_eq!(c.read_meta::<Indirect>(&dev, 100).unwrap().owner, 1);
+        assert_eq!(c.read_meta::<Indirect>(&dev, 100).unwrap().owner - 40, 1);
         assert_eq!(c.dirty_blocks(), 0);
         assert_eq!(c.ail_blocks(), 1);
     }

@@ -80,24 +80,35 @@ impl RdlmFuse {
     }
 
     fn retrying<T>(&self, f: &mut impl FnMut(&mut Fs) -> Result<T, FsError>) -> Result<T, FsError> {
-        loop {
-            let mut g = self.lock();
-            let Some(fs) = g.as_mut() else {
-                return Err(FsError::Errno(libc::EIO));
-            };
-            fs.savepoint();
-            match f(fs) {
-                Err(FsError::GlockWait { name, mode }) => {
-                    fs.rollback();
-                    fs.release_savepoint();
-                    let glocks = fs.glocks.clone();
-                    drop(g);
-                    glocks.acquire(name, mode)?;
-                }
-                r => {
-                    fs.release_savepoint();
-                    return r;
-                }
+        run_retrying(&self.fs, f)
+    }
+}
+
+/// Runs `f` on the shared file system until it needs no glock this node
+/// does not hold; waits for glocks with the file system let go (see
+/// [`RdlmFuse`]'s `with`). For the mount process too (unmounting in a
+/// cluster, while other nodes may still ask for glocks).
+pub fn run_retrying<T>(
+    shared: &Mutex<Option<Fs>>,
+    f: &mut impl FnMut(&mut Fs) -> Result<T, FsError>,
+) -> Result<T, FsError> {
+    loop {
+        let mut g = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(fs) = g.as_mut() else {
+            return Err(FsError::Errno(libc::EIO));
+        };
+        fs.savepoint();
+        match f(fs) {
+            Err(FsError::GlockWait { name, mode }) => {
+                fs.rollback();
+                fs.release_savepoint();
+                let glocks = fs.glocks.clone();
+                drop(g);
+                glocks.acquire(name, mode)?;
+            }
+            r => {
+                fs.release_savepoint();
+                return r;
             }
         }
     }

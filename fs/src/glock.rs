@@ -120,6 +120,9 @@ pub trait LockProtocol: Send + Sync {
     /// until granted. Returns the lock value block the grant carried, if
     /// it is valid.
     fn lock(&self, name: GlockName, mode: GlockMode) -> Result<Option<Vec<u8>>>;
+    /// Takes `name` in `mode` only if that needs no wait (another node
+    /// holds it incompatibly: Ok(false)).
+    fn try_lock(&self, name: GlockName, mode: GlockMode) -> Result<bool>;
     /// Converts a held Exclusive glock down to Shared, writing `lvb`.
     fn demote_to_shared(&self, name: GlockName, lvb: Option<Vec<u8>>) -> Result<()>;
     /// Gives a held glock up, writing `lvb` if it was held Exclusive.
@@ -139,6 +142,9 @@ impl LockProtocol for Nolock {
     }
     fn lock(&self, _name: GlockName, _mode: GlockMode) -> Result<Option<Vec<u8>>> {
         Ok(None)
+    }
+    fn try_lock(&self, _name: GlockName, _mode: GlockMode) -> Result<bool> {
+        Ok(true)
     }
     fn demote_to_shared(&self, _name: GlockName, _lvb: Option<Vec<u8>>) -> Result<()> {
         Ok(())
@@ -316,6 +322,35 @@ impl Glocks {
         }
     }
 
+    /// Takes `name` only if no other node holds it incompatibly; Ok(false)
+    /// otherwise. Called without the file system held.
+    pub fn try_acquire(&self, name: GlockName, mode: GlockMode) -> Result<bool> {
+        if self.mode(name) >= Some(mode) {
+            return Ok(true);
+        }
+        if !self.proto.try_lock(name, mode)? {
+            return Ok(false);
+        }
+        let mut t = self.table();
+        let e = t.entries.entry(name).or_default();
+        e.mode = Some(mode);
+        e.granted_at = Some(Instant::now());
+        t.stats.acquired += 1;
+        Ok(true)
+    }
+
+    /// Gives `name` up at once (no demote request: this node is done with
+    /// it, e.g. a journal it recovered). The caller has written back what
+    /// it covers.
+    pub fn release(&self, name: GlockName) -> Result<()> {
+        let held = self.table().entries.remove(&name);
+        if held.is_some_and(|e| e.mode.is_some()) {
+            self.table().stats.released += 1;
+            self.proto.unlock(name, None)?;
+        }
+        Ok(())
+    }
+
     /// Takes `name` and keeps it until unmount: demote requests for it are
     /// ignored.
     pub fn acquire_pinned(&self, name: GlockName, mode: GlockMode) -> Result<()> {
@@ -473,6 +508,9 @@ mod tests {
         fn lock(&self, name: GlockName, mode: GlockMode) -> Result<Option<Vec<u8>>> {
             self.0.lock().unwrap().push((name, mode));
             Ok(Some(vec![7; 8]))
+        }
+        fn try_lock(&self, _: GlockName, _: GlockMode) -> Result<bool> {
+            Ok(false)
         }
         fn demote_to_shared(&self, _: GlockName, _: Option<Vec<u8>>) -> Result<()> {
             Ok(())

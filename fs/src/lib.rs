@@ -14,11 +14,13 @@
 //!   demote worker;
 //! - [`mount`]: the mounted file system, commit policy, unmount;
 //! - [`ops`]: the POSIX operations (what FUSE calls);
-//! - [`fuse`]: the FUSE adapter.
+//! - [`fuse`]: the FUSE adapter; [`cluster`]: joining the cluster for a
+//!   `lock_dlm` mount.
 
 pub mod acl;
 pub mod bmap;
 pub mod buf;
+pub mod cluster;
 pub mod dir;
 pub mod error;
 pub mod format;

@@ -63,16 +63,6 @@ impl LockDlm {
         self.ids().by_lkid.get(&lkid).copied()
     }
 
-    /// Takes `name` in `mode` only if that is possible at once (NOQUEUE):
-    /// Ok(false) if another node holds it incompatibly.
-    pub fn try_lock(&self, name: GlockName, mode: GlockMode) -> Result<bool> {
-        match self.request(name, mode, Flags::NOQUEUE) {
-            Ok(_) => Ok(true),
-            Err(DlmError::WouldBlock { .. }) => Ok(false),
-            Err(e) => Err(self.err(name, e)),
-        }
-    }
-
     fn request(
         &self,
         name: GlockName,
@@ -116,6 +106,14 @@ impl LockProtocol for LockDlm {
     fn lock(&self, name: GlockName, mode: GlockMode) -> Result<Option<Vec<u8>>> {
         self.request(name, mode, Flags::NONE)
             .map_err(|e| self.err(name, e))
+    }
+
+    fn try_lock(&self, name: GlockName, mode: GlockMode) -> Result<bool> {
+        match self.request(name, mode, Flags::NOQUEUE) {
+            Ok(_) => Ok(true),
+            Err(DlmError::WouldBlock { .. }) => Ok(false),
+            Err(e) => Err(self.err(name, e)),
+        }
     }
 
     fn demote_to_shared(&self, name: GlockName, lvb: Option<Vec<u8>>) -> Result<()> {

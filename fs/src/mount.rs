@@ -100,6 +100,8 @@ pub struct MountReport {
     pub replay: ReplayReport,
     /// Unlinked inodes left by a crash that the mount freed.
     pub orphans_freed: u64,
+    /// Other nodes' journals (not mounted) that needed replay.
+    pub others_replayed: u64,
 }
 
 pub struct Fs {
@@ -222,10 +224,14 @@ impl Fs {
             opts,
         };
         fs.sys.master = fs.sb.master_dir;
-        // Our journal first: nothing else may be read before it is replayed.
+        // One node at a time mounts or recovers journals (the control
+        // lock). Our journal first: nothing else may be read before it is
+        // replayed; we hold its glock until unmount.
         let jid = fs.opts.jid;
         fs.glocks
-            .acquire(GlockName::journal(jid), GlockMode::Exclusive)?;
+            .acquire(GlockName::control(), GlockMode::Exclusive)?;
+        fs.glocks
+            .acquire_pinned(GlockName::journal(jid), GlockMode::Exclusive)?;
         let jindex = fs.sb.jindex;
         let jino = fs.retrying(|fs| fs.sys_lookup(jindex, &sysfile::journal_name(jid)))?;
         let extent = fs.retrying(|fs| fs.journal_extent(jid, jino))?;
@@ -240,8 +246,26 @@ impl Fs {
         fs.cache = BufCache::new(geo, fs.opts.cache_blocks);
         fs.inodes.clear();
         fs.report.replay = replay;
+        // Journals of nodes that are not mounted (nobody holds their
+        // glock): replay what a crash left there before reading anything
+        // those nodes may have changed.
+        if !fs.opts.read_only {
+            for other in (0..fs.sb.journals).filter(|j| *j != jid) {
+                if let Some(r) = fs.recover_journal_if_free(other)? {
+                    if r.transactions > 0 {
+                        fs.report.others_replayed += 1;
+                    }
+                }
+            }
+        }
         fs.sys.journal = jino;
         fs.retrying(|fs| fs.load_system_files(jid))?;
+        // This node's own system files: nobody else touches them while it
+        // is mounted, and a commit must never wait for their glocks.
+        for ino in [fs.sys.statfs_change, fs.sys.unlinked] {
+            fs.glocks
+                .acquire_pinned(GlockName::inode(ino), GlockMode::Exclusive)?;
+        }
         if let Some(pos) = replay.position {
             fs.log = Some(Log::new(geo, jid, extent.start, extent.len, pos));
         } else if !fs.opts.read_only {
@@ -261,9 +285,36 @@ impl Fs {
             lock = fs.glocks.protocol(),
             replayed = replay.transactions,
             orphans = fs.report.orphans_freed,
+            others_replayed = fs.report.others_replayed,
             "mounted"
         );
+        fs.glocks.release(GlockName::control())?;
         Ok(fs)
+    }
+
+    /// Replays journal `jid` if no node holds its glock (its owner is not
+    /// mounted), holding the glock meanwhile. None if it is held.
+    pub(crate) fn recover_journal_if_free(&mut self, jid: u32) -> Result<Option<ReplayReport>> {
+        let name = GlockName::journal(jid);
+        if !self.glocks.try_acquire(name, GlockMode::Exclusive)? {
+            return Ok(None);
+        }
+        let jindex = self.sb.jindex;
+        let r = (|| {
+            let jino = self.retrying(|fs| fs.sys_lookup(jindex, &sysfile::journal_name(jid)))?;
+            let extent = self.retrying(|fs| fs.journal_extent(jid, jino))?;
+            recovery::replay(&*self.dev, self.geo, extent, false)
+        })();
+        let released = self.glocks.release(name);
+        let report = r?;
+        released?;
+        if report.transactions > 0 {
+            tracing::info!(device = self.dev.name(), jid, transactions = report.transactions, "replayed the journal of a node that is not mounted");
+            self.cache = BufCache::new(self.geo, self.opts.cache_blocks);
+            self.inodes.clear();
+            self.rgrps.invalidate();
+        }
+        Ok(Some(report))
     }
 
     /// Reads the rindex and finds this node's system files.
@@ -369,6 +420,11 @@ impl Fs {
 
     pub fn report(&self) -> MountReport {
         self.report
+    }
+
+    /// The glock table (shared with the demote worker).
+    pub fn glocks(&self) -> &Glocks {
+        &self.glocks
     }
 
     pub fn superblock(&self) -> &Superblock {

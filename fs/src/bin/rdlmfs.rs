@@ -47,6 +47,17 @@ struct MountArgs {
     /// Where a detached server writes its log.
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Mount as a node of this cluster (lock_dlm): the cluster file (see
+    /// `rdlm gencluster`). Needs --node.
+    #[arg(long, value_name = "FILE", requires = "node")]
+    cluster: Option<PathBuf>,
+    /// This node's id in the cluster file.
+    #[arg(long, value_name = "ID", requires = "cluster")]
+    node: Option<u32>,
+    /// How long a glock stays after its grant before another node's
+    /// request takes it (milliseconds; damps ping-pong).
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    min_hold_ms: u64,
 }
 
 struct Parsed {
@@ -74,10 +85,9 @@ fn parse_options(s: Option<&str>) -> Result<Parsed, String> {
             "strictatime" => p.mount.atime = AtimeMode::Strictatime,
             "lockproto" => match v {
                 Some("nolock") | Some("lock_nolock") => {}
-                Some("dlm") | Some("lock_dlm") => {
-                    return Err("lockproto=dlm: cluster mounts come with the cluster issue; this build mounts with lock_nolock only".into())
-                }
-                _ => return Err(format!("option {o}: expected lockproto=nolock")),
+                // Chosen by --cluster; accepted so fstab lines can say it.
+                Some("dlm") | Some("lock_dlm") => {}
+                _ => return Err(format!("option {o}: expected lockproto=nolock or lockproto=dlm")),
             },
             "force_nolock" => p.mount.force_nolock = true,
             "cache" => p.mount.cache_blocks = num(v)?.clamp(64, 1 << 24) as usize,
@@ -147,9 +157,25 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
     let dev = blockdev::open(&m.device, parsed.mount.read_only)
         .map_err(|e| format!("{}: {e}", m.device))?;
-    let fs = Fs::mount(dev, parsed.mount.clone()).map_err(|e| e.to_string())?;
+    let (fs, mut joined) = match (&m.cluster, m.node) {
+        (Some(file), Some(node)) => {
+            let sb = rdlmfs::format::io::read_superblock(&*dev)
+                .map_err(|e| format!("{}: {e}", m.device))?;
+            let joined = rdlmfs::cluster::join(file, node, &sb, Duration::from_secs(60))?;
+            tracing::info!(node, slot = joined.slot, jid = joined.jid, lockspace = %joined.lockspace, "joined the cluster");
+            let mut opts = parsed.mount.clone();
+            opts.jid = joined.jid;
+            let fs = Fs::mount_with(dev, opts, joined.proto.clone()).map_err(|e| e.to_string())?;
+            (fs, Some(joined))
+        }
+        _ => (
+            Fs::mount(dev, parsed.mount.clone()).map_err(|e| e.to_string())?,
+            None,
+        ),
+    };
+    let root = fs.root();
+    let glocks = fs.glocks().clone();
     let shared = Arc::new(Mutex::new(Some(fs)));
-
     let mut config = fuser::Config::default();
     let mut opts = vec![
         fuser::MountOption::FSName(m.device.clone()),
@@ -163,12 +189,43 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
     // file system checks permissions itself, with ACLs.
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(4);
-    let session = fuser::Session::new(
-        RdlmFuse::new(shared.clone(), Duration::from_secs(1)),
-        &mountpoint,
-        &config,
-    )
-    .map_err(|e| format!("mount at {}: {e}", mountpoint.display()))?;
+    // In a cluster the kernel may not trust names or attributes on its
+    // own (another node may change them); page contents it keeps, and
+    // demotes invalidate them.
+    let ttl = if joined.is_some() {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(1)
+    };
+    let session = fuser::Session::new(RdlmFuse::new(shared.clone(), ttl), &mountpoint, &config)
+        .map_err(|e| format!("mount at {}: {e}", mountpoint.display()))?;
+    let mut demote_tx = None;
+    if let Some(j) = joined.as_mut() {
+        let kernel = Arc::new(rdlmfs::fuse::Notifier::new(session.notifier(), root));
+        let (tx, _worker) = rdlmfs::demote::spawn(
+            shared.clone(),
+            glocks.clone(),
+            kernel,
+            Duration::from_millis(m.min_hold_ms),
+        )
+        .map_err(|e| format!("demote worker: {e}"))?;
+        demote_tx = Some(tx.clone());
+        let proto = j.proto.clone();
+        let events = j.events.take().ok_or("lock manager events already taken")?;
+        let (other_tx, other_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("rdlmfs-dlm-events".into())
+            .spawn(move || rdlmfs::lock_dlm::forward_events(proto, events, tx, other_tx))
+            .map_err(|e| format!("event thread: {e}"))?;
+        std::thread::Builder::new()
+            .name("rdlmfs-cluster".into())
+            .spawn(move || {
+                while let Ok(ev) = other_rx.recv() {
+                    tracing::info!(event = ?ev, "lock manager");
+                }
+            })
+            .map_err(|e| format!("event thread: {e}"))?;
+    }
     let background = session
         .spawn()
         .map_err(|e| format!("serve {}: {e}", mountpoint.display()))?;
@@ -199,14 +256,33 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
             }
         }
     }
+    if joined.is_some() {
+        // Other nodes may still ask for glocks while this one frees what
+        // it must: wait for glocks with the file system let go.
+        if let Err(e) = rdlmfs::fuse::run_retrying(&shared, &mut |fs: &mut Fs| fs.prepare_unmount()) {
+            tracing::error!(error = %e, "unmount: freeing and folding failed");
+        }
+    }
     let fs = shared.lock().unwrap_or_else(PoisonError::into_inner).take();
+    drop(demote_tx);
     // fuser's mount handle would unmount once more on drop; the kernel has
     // already ended the session, so leak it rather than risk a later mount.
     std::mem::forget(background);
-    match fs {
+    let r = match fs {
         Some(fs) => fs.unmount().map_err(|e| format!("unmount: {e}")),
         None => Ok(()),
+    };
+    if let Some(j) = joined {
+        // Every glock is released: leave the lockspace and the cluster
+        // cleanly, so nobody recovers this node's journal.
+        if let Err(e) = j.dlm.leave_lockspace(&j.lockspace) {
+            tracing::warn!(error = %e, "leaving the lockspace");
+        }
+        if let Err(e) = j.dlm.leave() {
+            tracing::warn!(error = %e, "leaving the cluster");
+        }
     }
+    r
 }
 
 /// Starts the server in the background and returns once the mount shows
@@ -235,6 +311,14 @@ fn detach(m: &MountArgs, mountpoint: &Path) -> Result<(), String> {
         .arg("--foreground");
     if let Some(o) = &m.options {
         cmd.arg("-o").arg(o);
+    }
+    if let (Some(c), Some(n)) = (&m.cluster, m.node) {
+        cmd.arg("--cluster")
+            .arg(c)
+            .arg("--node")
+            .arg(n.to_string())
+            .arg("--min-hold-ms")
+            .arg(m.min_hold_ms.to_string());
     }
     let before = mounts_at(mountpoint);
     let mut child = cmd
