@@ -26,7 +26,7 @@ use crate::config::ClusterConfig;
 use crate::lockspace::{Callback, LsEvent, Output};
 use crate::member::{Member, MemberEvent, View};
 use crate::mode::Mode;
-use crate::node::{Node, DEFAULT_LOCKSPACE};
+use crate::node::{LsOptions, Node, DEFAULT_LOCKSPACE};
 use crate::resource::{Flags, LockError, LockId, NodeId};
 use crate::transport::{generation_floor_now, new_incarnation, Incoming, Transport};
 use crate::wire::Message;
@@ -99,6 +99,9 @@ pub enum DlmEvent {
     /// Every lock of this node in `lockspace` is gone (a view had it out
     /// of the lockspace); it joins again.
     LockspaceLost { lockspace: String, reason: String },
+    /// The join of `lockspace` was refused: its members use another LVB
+    /// length (`reason` says which). The node is not in it.
+    JoinRefused { lockspace: String, reason: String },
     /// The lease ran out or this incarnation was excluded: every lock of
     /// this node is gone; the node rejoins as a new incarnation.
     Lost { reason: String },
@@ -263,6 +266,8 @@ enum Cmd {
     },
     Join {
         ls: String,
+        /// None: the cluster file's `lvb_len`.
+        opts: Option<LsOptions>,
         reply: Reply<()>,
     },
     LeaveLs {
@@ -335,6 +340,7 @@ impl Dlm {
             lost_before: 0,
             lost_reason: String::new(),
             leaving_ls: BTreeMap::new(),
+            joining_ls: BTreeMap::new(),
         };
         let task = tokio::spawn(drive(d, incoming, rx, tick_every));
         Ok((
@@ -522,15 +528,33 @@ impl Dlm {
         .await
     }
 
-    /// Joins lockspace `ls`: locks there may be asked for at once; they
-    /// are granted once the members agreed on a view with this node in the
-    /// lockspace and its recovery ran ([`DlmEvent::RecoverDone`]).
+    /// Joins lockspace `ls` with the cluster file's LVB length; see
+    /// [`join_lockspace_with`](Dlm::join_lockspace_with).
     pub async fn join_lockspace(&self, ls: &str) -> Result<(), DlmError> {
+        self.join(ls, None).await
+    }
+
+    /// Joins lockspace `ls` with `opts.lvb_len`-byte LVBs (a multiple of 8
+    /// in 8..=1024). Resolves once the members agreed on a view with this
+    /// node in the lockspace and its recovery ran (at once if already in
+    /// it); locks there may be asked for meanwhile and are granted then.
+    /// Fails with `Invalid` when the lockspace's members use another LVB
+    /// length (the error names the lockspace, both lengths and the nodes;
+    /// the members are not disturbed), or when the lockspace is left first.
+    pub async fn join_lockspace_with(&self, ls: &str, opts: LsOptions) -> Result<(), DlmError> {
+        self.join(ls, Some(opts)).await
+    }
+
+    async fn join(&self, ls: &str, opts: Option<LsOptions>) -> Result<(), DlmError> {
         let name = ls.to_string();
         self.call(
             None,
             || self.ctx(b"", None),
-            |reply| Cmd::Join { ls: name, reply },
+            |reply| Cmd::Join {
+                ls: name,
+                opts,
+                reply,
+            },
         )
         .await
     }
@@ -732,6 +756,11 @@ impl BlockingDlm {
         self.handle.block_on(self.dlm.join_lockspace(ls))
     }
 
+    /// See [`Dlm::join_lockspace_with`].
+    pub fn join_lockspace_with(&self, ls: &str, opts: LsOptions) -> Result<(), DlmError> {
+        self.handle.block_on(self.dlm.join_lockspace_with(ls, opts))
+    }
+
     /// See [`Dlm::leave_lockspace`].
     pub fn leave_lockspace(&self, ls: &str) -> Result<(), DlmError> {
         self.handle.block_on(self.dlm.leave_lockspace(ls))
@@ -784,6 +813,9 @@ struct Driver {
     lost_reason: String,
     /// Callers of `leave_lockspace` waiting for the view without us.
     leaving_ls: BTreeMap<String, Vec<Reply<()>>>,
+    /// Callers of `join_lockspace` waiting for the lockspace's first
+    /// recovery with us in it (or the refusal).
+    joining_ls: BTreeMap<String, Vec<Reply<()>>>,
 }
 
 /// The driver loop. It repeats [`crate::daemon::run`]'s loop rather than
@@ -1035,15 +1067,23 @@ impl Driver {
                     .map_err(|e| DlmError::from_lock(self.ctx(b"", None), e));
                 let _ = reply.send(r);
             }
-            Cmd::Join { ls, reply } => {
-                let r = self
-                    .node
-                    .join_lockspace(&ls)
-                    .map_err(|e| DlmError::from_lock(self.ctx(b"", None), e));
-                if r.is_ok() {
-                    info!(node = self.me, lockspace = %ls, "joining lockspace");
+            Cmd::Join { ls, opts, reply } => {
+                let r = match opts {
+                    Some(o) => self.node.join_lockspace_with(&ls, o),
+                    None => self.node.join_lockspace(&ls),
+                };
+                match r {
+                    Ok(()) if self.node.is_in_lockspace(&ls) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    Ok(()) => {
+                        info!(node = self.me, lockspace = %ls, "joining lockspace");
+                        self.joining_ls.entry(ls).or_default().push(reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(DlmError::from_lock(self.ctx(b"", None), e)));
+                    }
                 }
-                let _ = reply.send(r);
             }
             Cmd::LeaveLs { ls, reply } => match self.node.leave_lockspace(now, &ls) {
                 Ok(()) => {
@@ -1192,6 +1232,9 @@ impl Driver {
             }
             LsEvent::RecoverDone { generation } => {
                 info!(node = self.me, lockspace = %lockspace, generation, "lockspace recovered; grants resume");
+                for reply in self.joining_ls.remove(&lockspace).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
                 self.event(DlmEvent::RecoverDone {
                     lockspace,
                     generation,
@@ -1199,6 +1242,14 @@ impl Driver {
             }
             LsEvent::Left => {
                 info!(node = self.me, lockspace = %lockspace, "left lockspace");
+                for reply in self.joining_ls.remove(&lockspace).unwrap_or_default() {
+                    let _ = reply.send(Err(DlmError::Invalid {
+                        ctx: self.ctx(b"", None),
+                        detail: format!(
+                            "lockspace {lockspace:?} was left before the join completed"
+                        ),
+                    }));
+                }
                 for reply in self.leaving_ls.remove(&lockspace).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
@@ -1230,6 +1281,16 @@ impl Driver {
                     }
                 }
                 self.event(DlmEvent::LockspaceLost { lockspace, reason });
+            }
+            LsEvent::Refused { reason } => {
+                warn!(node = self.me, lockspace = %lockspace, %reason, "lockspace join refused");
+                for reply in self.joining_ls.remove(&lockspace).unwrap_or_default() {
+                    let _ = reply.send(Err(DlmError::Invalid {
+                        ctx: self.ctx(b"", None),
+                        detail: reason.clone(),
+                    }));
+                }
+                self.event(DlmEvent::JoinRefused { lockspace, reason });
             }
         }
     }

@@ -54,9 +54,12 @@ pub enum Request {
     },
     Status,
     Dump,
-    /// The node joins `lockspace` (for every client of the daemon).
+    /// The node joins `lockspace` (for every client of the daemon), with
+    /// `lvb_len`-byte LVBs (default: the cluster file's `lvb_len`).
     JoinLockspace {
         lockspace: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lvb_len: Option<usize>,
     },
     /// The node leaves `lockspace` (refused while it has locks there).
     LeaveLockspace {

@@ -10,7 +10,8 @@
 //! ```toml
 //! [cluster]
 //! name = "alpha"              # 1..=63 of a-z 0-9 '-', not starting or ending with '-'
-//! lvb_len = 32                # bytes; 8..=1024 and a multiple of 8
+//! lvb_len = 32                # bytes; 8..=1024 and a multiple of 8; lockspaces
+//!                             # joined without a length of their own use it
 //! heartbeat_ms = 200          # 10..=3600000
 //! failure_timeout_ms = 1500   # > heartbeat_ms
 //! lease_ms = 3000             # > failure_timeout_ms and >= 2 * heartbeat_ms
@@ -39,7 +40,7 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_LVB_LEN: usize = 32;
 /// Bounds of `lvb_len`; the upper one is what `wire` carries.
-pub const MIN_LVB_LEN: usize = 8;
+pub const MIN_LVB_LEN: usize = crate::wire::MIN_LVB;
 pub const MAX_LVB_LEN: usize = crate::wire::MAX_LVB;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 200;
 pub const DEFAULT_FAILURE_TIMEOUT_MS: u64 = 1500;
@@ -279,7 +280,7 @@ impl ClusterConfig {
         if !valid_cluster_name(&self.name) {
             return err(None, Problem::Name(self.name.clone()));
         }
-        if !(MIN_LVB_LEN..=MAX_LVB_LEN).contains(&self.lvb_len) || self.lvb_len & 7 != 0 {
+        if crate::wire::check_lvb_len(self.lvb_len).is_err() {
             return err(None, Problem::LvbLen(self.lvb_len));
         }
         for (field, value, min) in [

@@ -14,7 +14,7 @@ use crate::config::ClusterConfig;
 use crate::lockspace::{Callback, LsEvent, Output};
 use crate::member::MemberEvent;
 use crate::mode::Mode;
-use crate::node::{Node, DEFAULT_LOCKSPACE};
+use crate::node::{LsOptions, Node, DEFAULT_LOCKSPACE};
 use crate::resource::{Flags, NodeId};
 use crate::transport::{generation_floor_now, new_incarnation, Incoming, Transport};
 use crate::wire::Message;
@@ -61,6 +61,38 @@ struct Daemon {
     orphans: BTreeSet<u64>,
 }
 
+/// A lockspace `rdlm node --lockspace` joins at start: `NAME`, or
+/// `NAME:LEN` for LVBs of LEN bytes (default: the cluster file's
+/// `lvb_len`). A name ending in `:` and digits must be given with a length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockspaceArg {
+    pub name: String,
+    pub lvb_len: Option<usize>,
+}
+
+impl std::str::FromStr for LockspaceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LockspaceArg, String> {
+        match s.rsplit_once(':') {
+            Some((name, len)) if !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()) => {
+                let n: usize = len
+                    .parse()
+                    .map_err(|_| format!("lockspace {name:?}: LVB length {len} is too large"))?;
+                crate::wire::check_lvb_len(n).map_err(|e| format!("lockspace {name:?}: {e}"))?;
+                Ok(LockspaceArg {
+                    name: name.to_string(),
+                    lvb_len: Some(n),
+                })
+            }
+            _ => Ok(LockspaceArg {
+                name: s.to_string(),
+                lvb_len: None,
+            }),
+        }
+    }
+}
+
 /// Runs node `me` (in the default lockspace) until `shutdown` resolves.
 pub async fn run(
     cluster: ClusterConfig,
@@ -77,7 +109,7 @@ pub async fn run_in(
     cluster: ClusterConfig,
     me: NodeId,
     socket: PathBuf,
-    lockspaces: &[String],
+    lockspaces: &[LockspaceArg],
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let setup = |detail: String| DaemonError::Setup { node: me, detail };
@@ -91,8 +123,11 @@ pub async fn run_in(
     )
     .map_err(setup)?;
     for ls in lockspaces {
-        node.join_lockspace(ls)
-            .map_err(|e| setup(format!("lockspace {ls:?}: {e}")))?;
+        let r = match ls.lvb_len {
+            Some(lvb_len) => node.join_lockspace_with(&ls.name, LsOptions { lvb_len }),
+            None => node.join_lockspace(&ls.name),
+        };
+        r.map_err(|e| setup(format!("lockspace {:?}: {e}", ls.name)))?;
     }
     node.set_toss_time(TOSS_MS);
     // Each client connection is one owner: its waits can close a cycle.
@@ -347,10 +382,14 @@ impl Daemon {
                 Ok(Reply::Accepted { lkid })
             }
             Request::Status => Ok(Reply::Status(self.status(now))),
-            Request::JoinLockspace { lockspace } => {
-                self.node
-                    .join_lockspace(&lockspace)
-                    .map_err(|e| e.to_string())?;
+            Request::JoinLockspace { lockspace, lvb_len } => {
+                match lvb_len {
+                    Some(lvb_len) => self
+                        .node
+                        .join_lockspace_with(&lockspace, LsOptions { lvb_len }),
+                    None => self.node.join_lockspace(&lockspace),
+                }
+                .map_err(|e| e.to_string())?;
                 info!(lockspace = %lockspace, "joining lockspace");
                 Ok(Reply::Done)
             }
@@ -478,6 +517,9 @@ impl Daemon {
                         LsEvent::Lost { reason } => {
                             warn!(lockspace = %name, %reason, "every lock in the lockspace is gone")
                         }
+                        LsEvent::Refused { reason } => {
+                            warn!(lockspace = %name, %reason, "lockspace join refused")
+                        }
                     },
                 }
             }
@@ -560,6 +602,37 @@ impl Daemon {
                 self.owner.clear();
                 self.orphans.clear();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LockspaceArg;
+
+    #[test]
+    fn lockspace_args_take_an_optional_lvb_length() {
+        let p = |s: &str| s.parse::<LockspaceArg>();
+        assert_eq!(
+            p("fs:64"),
+            Ok(LockspaceArg {
+                name: "fs".into(),
+                lvb_len: Some(64)
+            })
+        );
+        assert_eq!(
+            p("scripts"),
+            Ok(LockspaceArg {
+                name: "scripts".into(),
+                lvb_len: None
+            })
+        );
+        // Only a trailing number is a length.
+        assert_eq!(p("a:b").map(|a| a.name), Ok("a:b".into()));
+        assert_eq!(p("a:").map(|a| a.lvb_len), Ok(None));
+        for bad in ["fs:60", "fs:0", "fs:2048", "fs:99999999999999999999999"] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains("\"fs\""), "{bad}: {e}");
         }
     }
 }

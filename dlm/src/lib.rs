@@ -59,6 +59,6 @@ pub use lockspace::{Callback, Lockspace, LsEvent, Output};
 pub use member::{MemberConfig, MemberEvent, Timing, View};
 pub use mode::Mode;
 pub use node::Node;
-pub use node::{lockspace_id, DEFAULT_LOCKSPACE};
+pub use node::{lockspace_id, LsOptions, DEFAULT_LOCKSPACE};
 pub use resource::{Event, Flags, LockError, LockId, NodeId, Resource};
 pub use toss::MAX_TOSS;

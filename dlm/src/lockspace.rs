@@ -23,8 +23,9 @@
 //! and lock traffic are held and run afterwards in order.
 //!
 //! A node may be in several lockspaces (see [`crate::node`]): each is one
-//! of these, with its own members, directory and recovery; its messages
-//! carry its id. Freeing unused resources is in `toss.rs`.
+//! of these, with its own members, directory, recovery and LVB length;
+//! its messages carry its id. An LVB of another length in a lock message
+//! is a protocol error and never stored. Freeing unused resources is in `toss.rs`.
 
 use crate::member::{MemberEvent, View};
 use crate::mode::Mode;
@@ -72,6 +73,10 @@ pub enum LsEvent {
     Left,
     /// Every lock of this node in the lockspace is gone; it joins again.
     Lost { reason: String },
+    /// The join was given up: the lockspace's members use another LVB
+    /// length (`reason` names the lockspace, both lengths and the nodes).
+    /// Locks asked for there failed with the same reason.
+    Refused { reason: String },
 }
 
 /// Completions and blocking callbacks for this node's locks.
@@ -300,6 +305,25 @@ impl Lockspace {
     /// This lockspace's id (see [`crate::node::lockspace_id`]).
     pub fn lockspace_id(&self) -> u32 {
         self.ls_id
+    }
+
+    /// The length of this lockspace's LVBs, in bytes.
+    pub fn lvb_len(&self) -> usize {
+        self.lvb_len
+    }
+
+    /// Why an LVB a peer sent is refused: not this lockspace's length.
+    pub(crate) fn foreign_lvb(&self, from: NodeId, lvb: &Option<Vec<u8>>) -> Option<String> {
+        match lvb {
+            Some(v) if v.len() != self.lvb_len => Some(format!(
+                "node {from} sent an LVB of {} bytes in lockspace {:#x} of {}-byte LVBs (node {})",
+                v.len(),
+                self.ls_id,
+                self.lvb_len,
+                self.id
+            )),
+            _ => None,
+        }
     }
 
     /// The members of this lockspace in its current generation.
@@ -1118,6 +1142,54 @@ impl Lockspace {
     }
 
     fn lock_traffic(&mut self, from: NodeId, body: Body) {
+        // An LVB of another length than the lockspace's breaks the
+        // protocol (members agree on the length when they join): it is
+        // never stored. A conversion or unlock carrying one fails (its
+        // owner is told why); a grant carrying one is kept, without it.
+        let foreign = match &body {
+            Body::Convert { lvb, .. } | Body::Unlock { lvb, .. } | Body::Granted { lvb, .. } => {
+                self.foreign_lvb(from, lvb)
+            }
+            _ => None,
+        };
+        let body = match (body, foreign) {
+            (body, None) => body,
+            (Body::Convert { lkid, name, .. } | Body::Unlock { lkid, name, .. }, Some(why)) => {
+                self.stats.protocol_errors += 1;
+                self.send(
+                    from,
+                    Body::Failed {
+                        lkid,
+                        name,
+                        error: LockError::Invalid(why),
+                    },
+                );
+                return;
+            }
+            (
+                Body::Granted {
+                    lkid,
+                    name,
+                    mode,
+                    seq,
+                    demoted,
+                    ..
+                },
+                Some(_),
+            ) => {
+                self.stats.protocol_errors += 1;
+                Body::Granted {
+                    lkid,
+                    name,
+                    mode,
+                    seq,
+                    demoted,
+                    lvb_valid: false,
+                    lvb: None,
+                }
+            }
+            (body, Some(_)) => body,
+        };
         match body {
             Body::Request {
                 lkid,

@@ -43,7 +43,9 @@
 //! id) in its heartbeats and accepts; a view records, for every member,
 //! what it said when it accepted, and the coordinator proposes a new view
 //! when what it hears differs from the committed one. So joins and leaves
-//! of lockspaces are agreed like membership itself.
+//! of lockspaces are agreed like membership itself. Each join carries the
+//! lockspace's LVB length; a view leaves out a join whose length differs
+//! from the lockspace's ([`agree_lvb_lens`]).
 //!
 //! Clocks: all times are one node's own monotonic clock; no clock is
 //! compared with another node's. Rates may drift by less than `heartbeat /
@@ -56,10 +58,24 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// Most nodes in one cluster.
 pub const MAX_NODES: usize = 64;
 
-/// A lockspace a node is in: (lockspace id, the id of that join). A node
-/// that leaves a lockspace and joins it again does so under a new join id,
-/// as a restarted node comes back under a new incarnation.
-pub type LsJoin = (u32, u64);
+/// A lockspace a node is in: the lockspace id, the id of that join, and
+/// the lockspace's LVB length as the node joined it. A node that leaves a
+/// lockspace and joins it again does so under a new join id, as a
+/// restarted node comes back under a new incarnation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LsJoin {
+    pub id: u32,
+    pub join: u64,
+    /// Bytes; all members of one lockspace have the same (see
+    /// [`agree_lvb_lens`]).
+    pub lvb_len: u16,
+}
+
+impl LsJoin {
+    pub fn new(id: u32, join: u64, lvb_len: u16) -> LsJoin {
+        LsJoin { id, join, lvb_len }
+    }
+}
 
 /// One member of a view: a node, which run of it, its slot, and the
 /// lockspaces it is in (sorted by lockspace id).
@@ -74,7 +90,15 @@ pub struct Member {
 impl Member {
     /// The join id under which this member is in lockspace `ls`.
     pub fn join_of(&self, ls: u32) -> Option<u64> {
-        self.lockspaces.iter().find(|j| j.0 == ls).map(|j| j.1)
+        self.lockspaces.iter().find(|j| j.id == ls).map(|j| j.join)
+    }
+
+    /// The LVB length of lockspace `ls` as this member joined it.
+    pub fn lvb_len_of(&self, ls: u32) -> Option<usize> {
+        self.lockspaces
+            .iter()
+            .find(|j| j.id == ls)
+            .map(|j| usize::from(j.lvb_len))
     }
 }
 
@@ -103,7 +127,7 @@ impl View {
             if m.slot == 0 || !slots.insert(m.slot) {
                 return Err(format!("node {} has slot {}, zero or taken", m.id, m.slot));
             }
-            if m.lockspaces.windows(2).any(|w| w[0].0 >= w[1].0) {
+            if m.lockspaces.windows(2).any(|w| w[0].id >= w[1].id) {
                 return Err(format!(
                     "node {} lists its lockspaces unsorted or twice",
                     m.id
@@ -141,6 +165,44 @@ impl View {
             .filter(|m| m.join_of(ls).is_some())
             .cloned()
             .collect()
+    }
+}
+
+/// Members of one lockspace agree on its LVB length (the Linux DLM checks
+/// `lvblen` when a node joins). In a membership about to be proposed or
+/// committed — `members` as (node, incarnation, lockspaces) — each
+/// lockspace keeps the length it has: that of its members in `base` that
+/// stay in it (same incarnation and join), or, for a lockspace none of
+/// them stays in, that of the lowest node id listing it. A join with
+/// another length is left out of the view; the joining node sees that and
+/// gives the join up (see [`crate::node::Node::join_lockspace_with`]),
+/// and the members are not disturbed.
+pub fn agree_lvb_lens(base: Option<&View>, members: &mut [(NodeId, u64, Vec<LsJoin>)]) {
+    let mut agreed: BTreeMap<u32, u16> = BTreeMap::new();
+    for (id, incarnation, joins) in members.iter() {
+        let Some(old) = base
+            .and_then(|b| b.member(*id))
+            .filter(|m| m.incarnation == *incarnation)
+        else {
+            continue;
+        };
+        for j in joins {
+            if let Some(o) = old.lockspaces.iter().find(|o| o.id == j.id) {
+                if o.join == j.join {
+                    agreed.entry(j.id).or_insert(o.lvb_len);
+                }
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..members.len()).collect();
+    order.sort_by_key(|&i| members[i].0);
+    for i in order {
+        for j in &members[i].2 {
+            agreed.entry(j.id).or_insert(j.lvb_len);
+        }
+    }
+    for m in members.iter_mut() {
+        m.2.retain(|j| agreed.get(&j.id) == Some(&j.lvb_len));
     }
 }
 
@@ -429,7 +491,7 @@ impl Membership {
     /// records what each member said when it accepted.
     pub fn set_lockspaces(&mut self, mut v: Vec<LsJoin>) {
         v.sort_unstable();
-        v.dedup_by_key(|j| j.0);
+        v.dedup_by_key(|j| j.id);
         self.lockspaces = v;
     }
 
@@ -516,10 +578,21 @@ impl Membership {
             return;
         }
         let current = self.committed.as_ref().map(View::pairs);
+        // What a view of the same members would record now (joins with a
+        // disagreeing LVB length left out, so a refused join does not make
+        // the coordinator propose again and again).
         let same_lockspaces = self.committed.as_ref().is_some_and(|v| {
-            v.members
+            let mut now: Vec<(NodeId, u64, Vec<LsJoin>)> = v
+                .members
                 .iter()
-                .all(|m| m.lockspaces.as_slice() == self.wanted(m.id))
+                .map(|m| {
+                    let mut w = self.wanted(m.id).to_vec();
+                    w.sort_unstable();
+                    (m.id, m.incarnation, w)
+                })
+                .collect();
+            agree_lvb_lens(Some(v), &mut now);
+            v.members.iter().zip(&now).all(|(m, w)| m.lockspaces == w.2)
         });
         if current.as_ref() == Some(&alive) && same_lockspaces {
             return;
@@ -650,8 +723,16 @@ impl Membership {
         let mut members = Vec::new();
         let mut used = BTreeSet::new();
         let mut newcomers = Vec::new();
-        for &(id, incarnation) in &p.members {
-            let lockspaces = p.accepts.get(&id).map(|a| a.2.clone()).unwrap_or_default();
+        let mut entries: Vec<(NodeId, u64, Vec<LsJoin>)> = p
+            .members
+            .iter()
+            .map(|&(id, incarnation)| {
+                let joins = p.accepts.get(&id).map(|a| a.2.clone()).unwrap_or_default();
+                (id, incarnation, joins)
+            })
+            .collect();
+        agree_lvb_lens(base.as_ref(), &mut entries);
+        for (id, incarnation, lockspaces) in entries {
             match base.as_ref().and_then(|b| b.member(id)) {
                 Some(m) if m.incarnation == incarnation => {
                     used.insert(m.slot);
@@ -789,5 +870,61 @@ impl Membership {
             Body::Commit { view } if view.generation == msg.generation => self.on_commit(view),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: NodeId, slot: u32, joins: Vec<LsJoin>) -> Member {
+        Member {
+            id,
+            incarnation: 1,
+            slot,
+            lockspaces: joins,
+        }
+    }
+
+    #[test]
+    fn a_lockspace_keeps_the_lvb_length_of_its_members() {
+        let (a, b) = (10, 20);
+        let base = View::new(
+            5,
+            vec![
+                member(2, 1, vec![LsJoin::new(a, 1, 64)]),
+                member(3, 2, vec![]),
+            ],
+        )
+        .expect("view");
+        // Node 1 (lowest id) joins `a` with another length: left out, the
+        // member staying in it decides. Nodes 1 and 3 both join `b`, new:
+        // the lowest id decides.
+        let mut next = vec![
+            (1, 1, vec![LsJoin::new(a, 1, 32), LsJoin::new(b, 2, 32)]),
+            (2, 1, vec![LsJoin::new(a, 1, 64)]),
+            (3, 1, vec![LsJoin::new(a, 2, 64), LsJoin::new(b, 3, 128)]),
+        ];
+        agree_lvb_lens(Some(&base), &mut next);
+        assert_eq!(next[0].2, [LsJoin::new(b, 2, 32)]);
+        assert_eq!(next[1].2, [LsJoin::new(a, 1, 64)]);
+        assert_eq!(next[2].2, [LsJoin::new(a, 2, 64)]);
+        // Once its members are gone (a new incarnation of node 2 counts as
+        // new), a lockspace may start over with another length.
+        let mut later = vec![
+            (1, 1, vec![LsJoin::new(a, 5, 32)]),
+            (2, 2, vec![LsJoin::new(a, 1, 64)]),
+        ];
+        agree_lvb_lens(Some(&base), &mut later);
+        assert_eq!(later[0].2, [LsJoin::new(a, 5, 32)]);
+        assert!(later[1].2.is_empty());
+        // Without a base, the lowest id decides whatever the order.
+        let mut fresh = vec![
+            (3, 1, vec![LsJoin::new(a, 1, 8)]),
+            (2, 1, vec![LsJoin::new(a, 1, 16)]),
+        ];
+        agree_lvb_lens(None, &mut fresh);
+        assert!(fresh[0].2.is_empty());
+        assert_eq!(fresh[1].2, [LsJoin::new(a, 1, 16)]);
     }
 }

@@ -30,13 +30,30 @@
 //! Lock ids are unique across the node's lockspaces: each lockspace
 //! instance (each join, and each rejoin after a lost lease) numbers its
 //! locks from `instance << 40`.
+//!
+//! LVB lengths are per lockspace ([`Node::join_lockspace_with`]; the
+//! node's default, the cluster file's, otherwise) and advertised with each
+//! join. The members of a lockspace agree on its length, as the Linux DLM
+//! checks `lvblen` on join: views never put a join with another length in
+//! (see [`crate::member::agree_lvb_lens`]); the joiner refuses at once
+//! when its view already shows the conflict, or gives the join up when a
+//! view shows it ([`LsEvent::Refused`]).
 
 use crate::lockspace::{Callback, Lockspace, LsEvent, Output};
 use crate::member::{LsJoin, Member, MemberConfig, MemberEvent, MemberOutput, Membership, View};
 use crate::mode::Mode;
 use crate::resource::{Flags, LockError, NodeId, MAX_NAME};
-use crate::wire::{Body, Message, MAX_LOCKSPACES};
+use crate::wire::{check_lvb_len, Body, Message, MAX_LOCKSPACES};
 use std::collections::BTreeMap;
+
+/// How a lockspace is joined ([`Node::join_lockspace_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LsOptions {
+    /// The lockspace's LVB length in bytes: a multiple of 8 in
+    /// [`crate::wire::MIN_LVB`]`..=`[`crate::wire::MAX_LVB`], the same on
+    /// every member (a join with another length is refused).
+    pub lvb_len: usize,
+}
 
 /// The lockspace of callers that name none.
 pub const DEFAULT_LOCKSPACE: &str = "default";
@@ -57,6 +74,25 @@ pub fn lockspace_id(name: &str) -> u32 {
     h.max(1)
 }
 
+/// Why node `me` may not join lockspace `name` with `lvb_len`-byte LVBs
+/// given `view`: other members are in it with another length.
+fn lvb_conflict(view: &View, me: NodeId, name: &str, lvb_len: usize) -> Option<String> {
+    let id = lockspace_id(name);
+    let others: Vec<(NodeId, usize)> = view
+        .members
+        .iter()
+        .filter(|m| m.id != me)
+        .filter_map(|m| m.lvb_len_of(id).map(|l| (m.id, l)))
+        .filter(|(_, l)| *l != lvb_len)
+        .collect();
+    let theirs = others.first()?.1;
+    let nodes: Vec<NodeId> = others.iter().map(|o| o.0).collect();
+    Some(format!(
+        "node {me} cannot join lockspace {name:?} with {lvb_len}-byte LVBs: \
+         its members (nodes {nodes:?}) use {theirs}-byte LVBs"
+    ))
+}
+
 /// One lockspace this node is in, joining or leaving.
 struct Space {
     name: String,
@@ -67,6 +103,8 @@ struct Space {
     /// Left by the user: no new locks; dropped when a view without it
     /// commits.
     leaving: bool,
+    /// The lockspace's LVB length (agreed by its members).
+    lvb_len: usize,
     ls: Lockspace,
     /// The lockspace's members as of the last view applied.
     known: BTreeMap<NodeId, Member>,
@@ -81,7 +119,12 @@ pub struct Node {
     by_instance: BTreeMap<u64, u32>,
     next_instance: u64,
     next_join: u64,
+    /// The LVB length of lockspaces joined without one (the cluster
+    /// file's).
     lvb_len: usize,
+    /// Why the last joins of these lockspaces were refused (told again
+    /// when a lock is asked for there; at most MAX_LOCKSPACES kept).
+    refused: BTreeMap<String, String>,
     hold: bool,
     deadlock_interval: u64,
     toss_time: Option<u64>,
@@ -112,7 +155,9 @@ impl Node {
         )
     }
 
-    /// A node that joins `lockspaces` from the start (possibly none).
+    /// A node that joins `lockspaces` from the start (possibly none), each
+    /// with `lvb_len`-byte LVBs, the length of lockspaces joined without
+    /// one (see [`Node::join_lockspace_with`]).
     pub fn with_lockspaces(
         id: NodeId,
         incarnation: u64,
@@ -121,6 +166,7 @@ impl Node {
         lvb_len: usize,
         lockspaces: &[&str],
     ) -> Result<Node, String> {
+        check_lvb_len(lvb_len).map_err(|e| format!("node {id}: {e}"))?;
         let mut n = Node {
             member: Membership::new(id, incarnation, generation_floor, cfg)?,
             spaces: BTreeMap::new(),
@@ -128,6 +174,7 @@ impl Node {
             next_instance: 1,
             next_join: 1,
             lvb_len,
+            refused: BTreeMap::new(),
             hold: false,
             deadlock_interval: 0,
             toss_time: None,
@@ -161,6 +208,19 @@ impl Node {
     pub fn lockspace(&self) -> &Lockspace {
         self.lockspace_named(DEFAULT_LOCKSPACE)
             .unwrap_or(&self.empty)
+    }
+
+    /// The LVB length of lockspaces joined without one.
+    pub fn default_lvb_len(&self) -> usize {
+        self.lvb_len
+    }
+
+    /// Whether this node is in lockspace `name` in the committed view (not
+    /// only joining, and not leaving it).
+    pub fn is_in_lockspace(&self, name: &str) -> bool {
+        self.spaces
+            .get(&lockspace_id(name))
+            .is_some_and(|s| s.name == name && !s.leaving && !s.known.is_empty())
     }
 
     /// Lockspace `name`, if this node is in it (or joining or leaving it).
@@ -207,17 +267,17 @@ impl Node {
             .spaces
             .iter()
             .filter(|(_, s)| !s.leaving)
-            .map(|(id, s)| (*id, s.join))
+            .map(|(id, s)| LsJoin::new(*id, s.join, s.lvb_len as u16))
             .collect();
         self.member.set_lockspaces(v);
     }
 
-    fn new_space(&mut self, name: String, join: u64) -> Space {
+    fn new_space(&mut self, name: String, join: u64, lvb_len: usize) -> Space {
         let instance = self.next_instance;
         self.next_instance += 1;
         let id = lockspace_id(&name);
         self.by_instance.insert(instance, id);
-        let mut ls = Lockspace::joining_in(self.id(), id, self.lvb_len, instance << LKID_BITS);
+        let mut ls = Lockspace::joining_in(self.id(), id, lvb_len, instance << LKID_BITS);
         ls.set_recovery_hold(self.hold);
         ls.set_deadlock_detection(self.deadlock_interval);
         if let Some(t) = self.toss_time {
@@ -228,24 +288,44 @@ impl Node {
             join,
             instance,
             leaving: false,
+            lvb_len,
             ls,
             known: BTreeMap::new(),
             announced: false,
         }
     }
 
-    /// Joins lockspace `name` (1..=64 bytes): locks may be asked for at
-    /// once and are granted once a view with this node in the lockspace
-    /// committed and its recovery ran. Joining one already joined does
-    /// nothing; one still being left is refused (try again once it is
-    /// left: [`LsEvent::Left`]).
+    /// Joins lockspace `name` with the node's default LVB length (the
+    /// cluster file's `lvb_len`); see [`Node::join_lockspace_with`].
     pub fn join_lockspace(&mut self, name: &str) -> Result<(), LockError> {
+        let lvb_len = self.lvb_len;
+        self.join_lockspace_with(name, LsOptions { lvb_len })
+    }
+
+    /// Joins lockspace `name` (1..=64 bytes) with `opts.lvb_len`-byte LVBs:
+    /// locks may be asked for at once and are granted once a view with
+    /// this node in the lockspace committed and its recovery ran. Joining
+    /// one already joined (with the same length) does nothing; one still
+    /// being left is refused (try again once it is left:
+    /// [`LsEvent::Left`]).
+    ///
+    /// The members of a lockspace agree on its LVB length, as the Linux
+    /// DLM checks `lvblen` when a node joins: refused at once if the
+    /// committed view has members in the lockspace with another length;
+    /// if a later view shows that (they joined first, or at the same time
+    /// with a lower node id), the join is given up then
+    /// ([`LsEvent::Refused`], and the locks asked for there fail). The
+    /// members are not disturbed.
+    pub fn join_lockspace_with(&mut self, name: &str, opts: LsOptions) -> Result<(), LockError> {
+        let me = self.id();
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(LockError::Invalid(format!(
                 "lockspace names are 1..={MAX_NAME} bytes, got {}",
                 name.len()
             )));
         }
+        check_lvb_len(opts.lvb_len)
+            .map_err(|e| LockError::Invalid(format!("node {me}, lockspace {name:?}: {e}")))?;
         let id = lockspace_id(name);
         if let Some(s) = self.spaces.get(&id) {
             return if s.name != name {
@@ -257,6 +337,11 @@ impl Node {
                 Err(LockError::Invalid(format!(
                     "lockspace {name:?} is still being left; join it again once it is left"
                 )))
+            } else if s.lvb_len != opts.lvb_len {
+                Err(LockError::Invalid(format!(
+                    "node {me} is already in lockspace {name:?} with {}-byte LVBs, not {}",
+                    s.lvb_len, opts.lvb_len
+                )))
             } else {
                 Ok(())
             };
@@ -266,9 +351,15 @@ impl Node {
                 "a node is in at most {MAX_LOCKSPACES} lockspaces"
             )));
         }
+        if let Some(v) = self.member.view() {
+            if let Some(why) = lvb_conflict(v, me, name, opts.lvb_len) {
+                return Err(LockError::Invalid(why));
+            }
+        }
+        self.refused.remove(name);
         let join = self.next_join;
         self.next_join += 1;
-        let space = self.new_space(name.to_string(), join);
+        let space = self.new_space(name.to_string(), join, opts.lvb_len);
         self.spaces.insert(id, space);
         self.advertise();
         Ok(())
@@ -409,10 +500,14 @@ impl Node {
                 )))
             }
             _ => {
+                let why = match self.refused.get(ls) {
+                    Some(r) => format!(" (the join was refused: {r})"),
+                    None => String::new(),
+                };
                 return Err(LockError::Invalid(format!(
-                    "node {} has not joined lockspace {ls:?}",
+                    "node {} has not joined lockspace {ls:?}{why}",
                     self.id()
-                )))
+                )));
             }
         }
         self.member.tick_lease(now);
@@ -584,12 +679,41 @@ impl Node {
             return;
         };
         let ids: Vec<u32> = self.spaces.keys().copied().collect();
+        let mut refused = false;
         for lsid in ids {
             let Some(s) = self.spaces.get_mut(&lsid) else {
                 continue;
             };
             if mine.join_of(lsid) != Some(s.join) {
-                if s.leaving {
+                let conflict = if s.leaving || !s.known.is_empty() {
+                    None
+                } else {
+                    lvb_conflict(view, me, &s.name, s.lvb_len)
+                };
+                if let Some(reason) = conflict {
+                    // Still joining, and the members use another LVB
+                    // length: give the join up. Only locks asked for
+                    // meanwhile are here, none granted.
+                    let (name, instance) = (s.name.clone(), s.instance);
+                    let lkids: Vec<u64> = s.ls.locks.keys().copied().collect();
+                    self.spaces.remove(&lsid);
+                    self.by_instance.remove(&instance);
+                    for lkid in lkids {
+                        self.out.push(Output::Callback(Callback::Failed {
+                            lkid,
+                            error: LockError::Invalid(reason.clone()),
+                        }));
+                    }
+                    if self.refused.len() >= MAX_LOCKSPACES {
+                        self.refused.pop_first();
+                    }
+                    self.refused.insert(name.clone(), reason.clone());
+                    self.out.push(Output::Lockspace {
+                        name,
+                        event: LsEvent::Refused { reason },
+                    });
+                    refused = true;
+                } else if s.leaving {
                     let (name, instance) = (s.name.clone(), s.instance);
                     self.spaces.remove(&lsid);
                     self.by_instance.remove(&instance);
@@ -601,9 +725,9 @@ impl Node {
                     // In an earlier view, not in this one: it cannot
                     // happen (views record what each member accepted), but
                     // if it did, the others have dropped this node's locks.
-                    let (name, join) = (s.name.clone(), s.join);
+                    let (name, join, lvb_len) = (s.name.clone(), s.join, s.lvb_len);
                     self.by_instance.remove(&s.instance);
-                    let fresh = self.new_space(name.clone(), join);
+                    let fresh = self.new_space(name.clone(), join, lvb_len);
                     self.spaces.insert(lsid, fresh);
                     self.out.push(Output::Lockspace {
                         name,
@@ -666,6 +790,9 @@ impl Node {
             s.ls.recover(&ls_view, &d, &l);
             Self::drain_space(s, &mut self.out);
         }
+        if refused {
+            self.advertise();
+        }
     }
 
     /// A lost lease: every lockspace starts over (those being left are
@@ -682,7 +809,7 @@ impl Node {
                 continue;
             }
             // Whatever the old lockspace still wanted to say is void.
-            let fresh = self.new_space(s.name, s.join);
+            let fresh = self.new_space(s.name, s.join, s.lvb_len);
             self.spaces.insert(id, fresh);
         }
         self.advertise();
@@ -727,5 +854,109 @@ impl Node {
             }
             Self::drain_space(s, &mut self.out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::member::Timing;
+
+    fn cfg() -> MemberConfig {
+        MemberConfig {
+            nodes: vec![1, 2, 3],
+            timing: Timing {
+                heartbeat: 10,
+                failure_timeout: 50,
+                lease: 100,
+            },
+            two_node: false,
+        }
+    }
+
+    fn node(id: NodeId) -> Node {
+        Node::with_lockspaces(id, 1, 0, cfg(), 32, &[]).expect("node")
+    }
+
+    #[test]
+    fn lvb_lengths_are_multiples_of_8_within_bounds() {
+        let mut n = node(3);
+        for bad in [0, 4, 12, 33, 1025, 1032, 4096] {
+            let e = n
+                .join_lockspace_with("fsA", LsOptions { lvb_len: bad })
+                .expect_err("bad LVB length accepted");
+            let t = e.to_string();
+            assert!(
+                t.contains("multiple of 8") && t.contains("node 3") && t.contains("\"fsA\""),
+                "{t}"
+            );
+            assert!(n.lockspace_named("fsA").is_none());
+        }
+        for (name, good) in [("a", 8), ("b", 64), ("c", 1024)] {
+            n.join_lockspace_with(name, LsOptions { lvb_len: good })
+                .expect("good LVB length");
+            assert_eq!(n.lockspace_named(name).map(Lockspace::lvb_len), Some(good));
+        }
+        // The node's default is checked as well.
+        for bad in [0, 20, 2048] {
+            let e = Node::with_lockspaces(1, 1, 0, cfg(), bad, &[]).err();
+            assert!(e.is_some_and(|e| e.contains("multiple of 8")), "{bad}");
+        }
+    }
+
+    #[test]
+    fn join_without_a_length_uses_the_default_and_a_second_join_must_match() {
+        let mut n = node(2);
+        n.join_lockspace("plain").expect("join");
+        n.join_lockspace_with("fs", LsOptions { lvb_len: 64 })
+            .expect("join fs");
+        assert_eq!(n.default_lvb_len(), 32);
+        assert_eq!(n.lockspace_named("plain").map(Lockspace::lvb_len), Some(32));
+        // Joining again with the same length does nothing; another is refused.
+        n.join_lockspace_with("fs", LsOptions { lvb_len: 64 })
+            .expect("same again");
+        let e = n.join_lockspace("fs").expect_err("another length");
+        assert!(e.to_string().contains("64-byte"), "{e}");
+        // Heartbeats and accepts carry each length.
+        let mut adv: Vec<(u32, u16)> = n
+            .membership()
+            .lockspaces()
+            .iter()
+            .map(|j| (j.id, j.lvb_len))
+            .collect();
+        adv.sort_unstable();
+        let mut want = vec![(lockspace_id("plain"), 32), (lockspace_id("fs"), 64)];
+        want.sort_unstable();
+        assert_eq!(adv, want);
+    }
+
+    #[test]
+    fn a_conflicting_view_names_the_lockspace_both_lengths_and_the_nodes() {
+        let id = lockspace_id("fsA");
+        let m = |node: NodeId, slot: u32, joins: Vec<LsJoin>| Member {
+            id: node,
+            incarnation: 1,
+            slot,
+            lockspaces: joins,
+        };
+        let view = View::new(
+            7,
+            vec![
+                m(1, 1, vec![LsJoin::new(id, 1, 32)]),
+                m(2, 2, vec![LsJoin::new(id, 4, 32)]),
+                m(3, 3, vec![]),
+            ],
+        )
+        .expect("view");
+        let why = lvb_conflict(&view, 3, "fsA", 64).expect("conflict");
+        for part in ["node 3", "\"fsA\"", "64-byte", "32-byte", "[1, 2]"] {
+            assert!(why.contains(part), "{part}: {why}");
+        }
+        assert_eq!(lvb_conflict(&view, 3, "fsA", 32), None);
+        assert_eq!(lvb_conflict(&view, 3, "fsB", 64), None);
+        // Its own earlier join does not count against a node.
+        assert_eq!(lvb_conflict(&view, 1, "fsA", 64).map(|_| ()), Some(()));
+        let alone = View::new(7, vec![m(1, 1, vec![LsJoin::new(id, 1, 32)])]).expect("view");
+        assert_eq!(lvb_conflict(&alone, 1, "fsA", 64), None);
     }
 }

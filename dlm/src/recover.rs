@@ -255,6 +255,14 @@ impl Lockspace {
                     // after this node had every report: it has this lock.
                     return;
                 }
+                // An LVB of another length breaks the protocol: the lock
+                // is rebuilt, its LVB copy is not stored.
+                let (lvb_source, lvb_valid, lvb) = if self.foreign_lvb(from, &lvb).is_some() {
+                    self.stats.protocol_errors += 1;
+                    (LvbSource::None, false, None)
+                } else {
+                    (lvb_source, lvb_valid, lvb)
+                };
                 if let Some(r) = self.recovery.as_mut() {
                     r.rebuilding.entry(name).or_default().push(Report {
                         lock: LockId { node: from, lkid },

@@ -4,7 +4,9 @@
 //! type, generation, sender, lockspace id, body length) and a body whose
 //! length the header states exactly. The lockspace id names the lockspace
 //! a lock, directory, recovery or deadlock message concerns (0 for
-//! membership messages, which concern the whole cluster). Decoding is total: any byte string yields a
+//! membership messages, which concern the whole cluster). Lockspace lists
+//! (heartbeats, accepts, views) give each lockspace's id, join id and LVB
+//! length. Decoding is total: any byte string yields a
 //! message or a [`WireError`] naming what was wrong; nothing panics, nothing
 //! allocates more than the frame limit. No I/O here.
 
@@ -13,7 +15,8 @@ use crate::mode::Mode;
 use crate::resource::{LockError, LockId, NodeId, MAX_NAME};
 
 pub const MAGIC: u16 = 0x524c; // "RL"
-pub const VERSION: u8 = 3;
+/// 4: lockspace lists carry each lockspace's LVB length.
+pub const VERSION: u8 = 4;
 pub const HEADER_LEN: usize = 20;
 /// Most lockspaces one node is in (bounds heartbeats and views).
 pub const MAX_LOCKSPACES: usize = 16;
@@ -26,6 +29,8 @@ pub const MAX_EDGES: usize = 1500;
 pub const MAX_CYCLE: usize = 64;
 /// Largest LVB carried.
 pub const MAX_LVB: usize = 1024;
+/// Smallest LVB length a lockspace may have.
+pub const MIN_LVB: usize = 8;
 /// Longest error text carried.
 pub const MAX_TEXT: usize = 512;
 /// Most departed incarnations one recovery message lists (bounded by the
@@ -253,6 +258,19 @@ pub enum WireError {
     Malformed { what: &'static str, detail: String },
 }
 
+/// A lockspace's LVB length must be a multiple of 8 in
+/// [`MIN_LVB`]`..=`[`MAX_LVB`] (the cluster file's `lvb_len` and every
+/// lockspace's own obey the same rule).
+pub fn check_lvb_len(n: usize) -> Result<(), String> {
+    if (MIN_LVB..=MAX_LVB).contains(&n) && n.is_multiple_of(8) {
+        Ok(())
+    } else {
+        Err(format!(
+            "an LVB length must be a multiple of 8 in {MIN_LVB}..={MAX_LVB}, got {n}"
+        ))
+    }
+}
+
 struct Writer(Vec<u8>);
 
 impl Writer {
@@ -313,9 +331,10 @@ impl Writer {
     fn joins(&mut self, v: &[LsJoin]) {
         let v = &v[..v.len().min(MAX_LOCKSPACES)];
         self.u8(v.len() as u8);
-        for (id, join) in v {
-            self.u32(*id);
-            self.u64(*join);
+        for j in v {
+            self.u32(j.id);
+            self.u64(j.join);
+            self.0.extend_from_slice(&j.lvb_len.to_be_bytes());
         }
     }
 }
@@ -437,15 +456,21 @@ impl<'a> Reader<'a> {
             return Err(self.err(format!("{n} lockspaces exceed {MAX_LOCKSPACES}")));
         }
         let v = (0..n)
-            .map(|_| Ok((self.u32()?, self.u64()?)))
+            .map(|_| {
+                let (id, join) = (self.u32()?, self.u64()?);
+                let b = self.take(2)?;
+                Ok(LsJoin::new(id, join, u16::from_be_bytes([b[0], b[1]])))
+            })
             .collect::<Result<Vec<LsJoin>, WireError>>()?;
-        if v.iter().any(|(id, _)| *id == 0) {
-            return Err(self.err("lockspace id 0"));
-        }
         for (i, a) in v.iter().enumerate() {
-            if v[..i].iter().any(|b| b.0 == a.0) {
-                return Err(self.err(format!("lockspace {:#x} listed twice", a.0)));
+            if a.id == 0 {
+                return Err(self.err("lockspace id 0"));
             }
+            if v[..i].iter().any(|b| b.id == a.id) {
+                return Err(self.err(format!("lockspace {:#x} listed twice", a.id)));
+            }
+            check_lvb_len(usize::from(a.lvb_len))
+                .map_err(|e| self.err(format!("lockspace {:#x}: {e}", a.id)))?;
         }
         Ok(v)
     }

@@ -4,7 +4,7 @@
 
 use rdlm::api::{BlockingDlm, Dlm, DlmError, DlmEvent, DlmOptions, Events};
 use rdlm::config::ClusterConfig;
-use rdlm::{Flags, Mode};
+use rdlm::{Flags, LsOptions, Mode};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -491,4 +491,69 @@ async fn lockspace_join_and_leave_through_the_api() {
         .lock_in("fsA", 0, b"r", Mode::NL, Flags::NONE, false, None)
         .await
         .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockspace_with_its_own_lvb_length_through_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = cluster(&dir);
+    let nodes = start3(&cfg, false).await;
+    let (n1, n2, n3) = (nodes[0].0.clone(), nodes[1].0.clone(), nodes[2].0.clone());
+    let fs = LsOptions { lvb_len: 64 };
+    let e = n1
+        .join_lockspace_with("fs", LsOptions { lvb_len: 60 })
+        .await
+        .expect_err("60 is not a multiple of 8");
+    assert!(e.to_string().contains("multiple of 8"), "{e}");
+    // The join resolves once the node is in the lockspace.
+    timeout(LONG, n1.join_lockspace_with("fs", fs))
+        .await
+        .expect("bounded")
+        .expect("join 1");
+    timeout(LONG, n2.join_lockspace_with("fs", fs))
+        .await
+        .expect("bounded")
+        .expect("join 2");
+    let big: Vec<u8> = (0..64).map(|i| i as u8).collect();
+    let w = timeout(
+        LONG,
+        n1.lock_in("fs", 0, b"sb", Mode::EX, Flags::NONE, true, None),
+    )
+    .await
+    .expect("bounded")
+    .expect("EX");
+    assert_eq!(w.lvb.as_ref().map(Vec::len), Some(64));
+    n1.convert(w.lkid, Mode::NL, Flags::NONE, Some(big.clone()), Some(LONG))
+        .await
+        .expect("down to NL, writing the LVB");
+    let r = timeout(
+        LONG,
+        n2.lock_in("fs", 0, b"sb", Mode::PR, Flags::NONE, true, None),
+    )
+    .await
+    .expect("bounded")
+    .expect("PR");
+    assert_eq!((r.lvb, r.lvb_valid), (Some(big), true));
+    // The default lockspace keeps the cluster file's 32 bytes.
+    let d = timeout(LONG, n2.lock(b"sb", Mode::PR, Flags::NONE, true, None))
+        .await
+        .expect("bounded")
+        .expect("PR in default");
+    assert_eq!(d.lvb.map(|v| v.len()), Some(32));
+    // Node 3 with the cluster file's length: refused, naming both.
+    let e = timeout(LONG, n3.join_lockspace("fs"))
+        .await
+        .expect("bounded")
+        .expect_err("32 against 64");
+    let t = e.to_string();
+    assert!(
+        t.contains("\"fs\"")
+            && t.contains("32-byte")
+            && t.contains("64-byte")
+            && t.contains("node 3"),
+        "{t}"
+    );
+    let s = n1.status().await.expect("status");
+    let ls = s.lockspaces.iter().find(|l| l.name == "fs").expect("fs");
+    assert_eq!(ls.members, [1, 2]);
 }

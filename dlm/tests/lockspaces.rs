@@ -2,9 +2,15 @@
 //! members that joined it), its directory hashes over them only, the same
 //! name in two lockspaces is two resources, joins and leaves run only that
 //! lockspace's recovery events, and a clean lockspace leave releases
-//! nothing of the others' and puts no recovery hold.
+//! nothing of the others' and puts no recovery hold. Each lockspace has
+//! its own LVB length, which its members agree on: a join with another
+//! length is refused and the members are not disturbed.
 
-use rdlm::{Callback, Flags, LsEvent, MemberConfig, Mode, Node, Output, Timing, DEFAULT_LOCKSPACE};
+use rdlm::wire::{Body, Message};
+use rdlm::{
+    Callback, Flags, LockError, LsEvent, LsOptions, MemberConfig, Mode, Node, Output, Timing,
+    DEFAULT_LOCKSPACE,
+};
 use std::collections::VecDeque;
 
 const LVB: usize = 32;
@@ -100,6 +106,38 @@ impl Net {
         self.callbacks.iter().any(|(n, cb)| {
             *n == node && matches!(cb, Callback::Granted { lkid: l, .. } if *l == lkid)
         })
+    }
+
+    /// The last grant of `lkid` on `node`: (mode, LVB, valid).
+    fn grant(&self, node: u32, lkid: u64) -> Option<(Mode, Option<Vec<u8>>, bool)> {
+        self.callbacks.iter().rev().find_map(|(n, cb)| match cb {
+            Callback::Granted {
+                lkid: l,
+                mode,
+                lvb,
+                lvb_valid,
+                ..
+            } if *n == node && *l == lkid => Some((*mode, lvb.clone(), *lvb_valid)),
+            _ => None,
+        })
+    }
+
+    fn lock_flags(&mut self, node: u32, ls: &str, name: &[u8], mode: Mode, flags: Flags) -> u64 {
+        let now = self.now;
+        let l = self
+            .node(node)
+            .lock_in(now, ls, 0, name, mode, flags, None)
+            .unwrap();
+        self.collect();
+        l
+    }
+
+    fn convert(&mut self, node: u32, lkid: u64, mode: Mode, lvb: Option<Vec<u8>>) {
+        let now = self.now;
+        self.node(node)
+            .convert(now, lkid, mode, Flags::VALBLK, lvb)
+            .unwrap();
+        self.collect();
     }
 
     fn lock(&mut self, node: u32, ls: &str, name: &[u8], mode: Mode) -> u64 {
@@ -285,4 +323,243 @@ fn lock_ids_are_unique_across_lockspaces_and_a_rejoin_is_a_new_member() {
     net.node(1).unlock(now, a, Flags::NONE, None).unwrap();
     net.run(20);
     assert!(net.granted(2, c));
+}
+
+fn join_fs(net: &mut Net, node: u32, lvb_len: usize) -> Result<(), LockError> {
+    let r = net
+        .node(node)
+        .join_lockspace_with("fs", LsOptions { lvb_len });
+    net.collect();
+    r
+}
+
+/// Writes `value` into `ls`'s LVB of `name` under EX on `writer` (then
+/// down to NL), and reads it back under PR on `reader`.
+fn write_then_read(net: &mut Net, ls: &str, name: &[u8], writer: u32, reader: u32, value: &[u8]) {
+    let w = net.lock_flags(writer, ls, name, Mode::EX, Flags::VALBLK);
+    net.run(20);
+    assert_eq!(net.grant(writer, w).map(|g| g.0), Some(Mode::EX));
+    net.convert(writer, w, Mode::NL, Some(value.to_vec()));
+    net.run(20);
+    let r = net.lock_flags(reader, ls, name, Mode::PR, Flags::VALBLK);
+    net.run(20);
+    assert_eq!(
+        net.grant(reader, r),
+        Some((Mode::PR, Some(value.to_vec()), true)),
+        "{ls}: the LVB did not come back whole"
+    );
+    // The reader lets go; the writer keeps NL (the resource, and so its
+    // LVB, stays).
+    let now = net.now;
+    net.node(reader).unlock(now, r, Flags::NONE, None).unwrap();
+    net.run(20);
+}
+
+#[test]
+fn lockspaces_have_their_own_lvb_lengths() {
+    let mut net = Net::new(&[&["scripts"], &["scripts"], &["scripts"]]);
+    for id in 1..=3 {
+        join_fs(&mut net, id, 64).unwrap();
+    }
+    net.run(600);
+    assert_eq!(net.members(1, "fs"), [1, 2, 3]);
+    for id in 1..=3 {
+        let n = net.node(id);
+        assert_eq!(n.lockspace_named("fs").unwrap().lvb_len(), 64);
+        assert_eq!(n.lockspace_named("scripts").unwrap().lvb_len(), 32);
+    }
+    let big: Vec<u8> = (0..64).map(|i| i as u8 ^ 0xa5).collect();
+    let small: Vec<u8> = (0..32).map(|i| 200 - i as u8).collect();
+    for name in [&b"sb"[..], b"rgrp/1", b"inode/77"] {
+        write_then_read(&mut net, "fs", name, 1, 2, &big);
+        write_then_read(&mut net, "scripts", name, 2, 3, &small);
+    }
+    // The other lockspace's length is refused before anything is sent.
+    let w = net.lock_flags(3, "fs", b"other", Mode::EX, Flags::VALBLK);
+    net.run(20);
+    let now = net.now;
+    let e = net
+        .node(3)
+        .convert(now, w, Mode::NL, Flags::VALBLK, Some(small.clone()))
+        .unwrap_err();
+    assert!(e.to_string().contains("64-byte"), "{e}");
+
+    // A lock message carrying an LVB of the wrong length is a protocol
+    // error and the LVB is not stored. A conversion to the master: it
+    // fails, the resource keeps its 64 bytes.
+    let m = net.node(1).lockspace_named("fs").unwrap().master_of(b"sb");
+    let m = m.expect("node 1 wrote fs/sb: it knows the master");
+    let h = if m == 1 { 2 } else { 1 };
+    let lkid = net.lock_flags(h, "fs", b"sb", Mode::PR, Flags::VALBLK);
+    net.run(20);
+    assert!(net.granted(h, lkid));
+    let ls = net.node(m).lockspace_named("fs").unwrap();
+    let (generation, errors) = (ls.generation(), ls.stats().protocol_errors);
+    let now = net.now;
+    net.node(m).receive(
+        now,
+        Message {
+            generation,
+            from: h,
+            lockspace: rdlm::lockspace_id("fs"),
+            body: Body::Convert {
+                lkid,
+                name: b"sb".to_vec(),
+                mode: Mode::NL,
+                flags: Flags::VALBLK.0,
+                lvb: Some(vec![9; 32]),
+            },
+        },
+    );
+    net.collect();
+    net.run(20);
+    let ls = net.node(m).lockspace_named("fs").unwrap();
+    assert_eq!(ls.stats().protocol_errors, errors + 1);
+    let sb = ls.resources().find(|r| r.name() == b"sb").unwrap();
+    assert_eq!(sb.lvb().0, &big[..], "a foreign LVB was stored");
+    assert!(net.node(h).has_lock(lkid));
+
+    // A grant carrying one: the grant stands, without the LVB.
+    let now = net.now;
+    net.node(h).unlock(now, lkid, Flags::NONE, None).unwrap();
+    let lkid = net.lock_flags(h, "fs", b"sb", Mode::PR, Flags::VALBLK);
+    net.run(20);
+    assert!(net.granted(h, lkid));
+    let ls = net.node(h).lockspace_named("fs").unwrap();
+    let (generation, errors) = (ls.generation(), ls.stats().protocol_errors);
+    let now = net.now;
+    net.node(h).receive(
+        now,
+        Message {
+            generation,
+            from: m,
+            lockspace: rdlm::lockspace_id("fs"),
+            body: Body::Granted {
+                lkid,
+                name: b"sb".to_vec(),
+                mode: Mode::PR,
+                seq: 1 << 40,
+                demoted: false,
+                lvb_valid: true,
+                lvb: Some(vec![1; 32]),
+            },
+        },
+    );
+    net.collect();
+    let ls = net.node(h).lockspace_named("fs").unwrap();
+    assert_eq!(ls.stats().protocol_errors, errors + 1);
+    assert_eq!(net.grant(h, lkid), Some((Mode::PR, None, false)));
+}
+
+#[test]
+fn a_join_with_another_lvb_length_is_refused_and_the_members_go_on() {
+    // Nodes 1 and 2 form the cluster (node 3 is down) with fs at 64 bytes.
+    let mut net = Net::new(&[&[], &[], &[]]);
+    net.nodes[2] = None;
+    for id in 1..=2 {
+        join_fs(&mut net, id, 64).unwrap();
+    }
+    net.run(600);
+    assert_eq!(net.members(1, "fs"), [1, 2]);
+    let big = vec![0x5a; 64];
+    write_then_read(&mut net, "fs", b"sb", 1, 2, &big);
+    let held = net.lock_flags(1, "fs", b"journal/1", Mode::EX, Flags::NONE);
+    net.run(20);
+    assert!(net.granted(1, held));
+
+    // Node 3 starts with fs at 32 bytes: it joins the cluster, but its
+    // first view shows fs's members with 64-byte LVBs, so it gives the
+    // join up; a lock it asked for meanwhile fails with the same reason.
+    let cfg = net.node(1).membership().config().clone();
+    let mut n3 = Node::with_lockspaces(3, (3 << 32) + 1, 0, cfg, 32, &[]).unwrap();
+    n3.join_lockspace_with("fs", LsOptions { lvb_len: 32 })
+        .unwrap();
+    net.nodes[2] = Some(n3);
+    let early = net.lock(3, "fs", b"sb", Mode::PR);
+    net.events.clear();
+    net.run(600);
+    let view = net.node(1).view().unwrap().clone();
+    assert_eq!(view.ids(), [1, 2, 3], "node 3 is a cluster member");
+    let reason = net
+        .events
+        .iter()
+        .find_map(|(id, ls, e)| match e {
+            LsEvent::Refused { reason } if *id == 3 && ls == "fs" => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no refusal: {:?}", net.events));
+    for part in ["\"fs\"", "node 3", "32-byte", "64-byte", "[1, 2]"] {
+        assert!(reason.contains(part), "{part}: {reason}");
+    }
+    assert!(net.callbacks.iter().any(|(n, cb)| *n == 3
+        && matches!(cb, Callback::Failed { lkid, error: LockError::Invalid(t) } if *lkid == early && *t == reason)));
+    assert!(net.node(3).lockspace_named("fs").is_none());
+    let now = net.now;
+    let e = net
+        .node(3)
+        .lock_in(now, "fs", 0, b"x", Mode::NL, Flags::NONE, None)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("refused") && e.to_string().contains("64-byte"),
+        "{e}"
+    );
+
+    // The members were not disturbed: no recovery of fs, the same
+    // generation of it, the lock still held, and views stopped changing.
+    assert!(
+        !net.events.iter().any(|(id, ls, _)| *id != 3 && ls == "fs"),
+        "{:?}",
+        net.events
+    );
+    for id in [1, 2] {
+        let ls = net.node(id).lockspace_named("fs").unwrap();
+        assert_eq!(ls.members(), [1, 2]);
+        assert!(!ls.is_recovering());
+    }
+    assert!(net.node(1).has_lock(held));
+    let settled = net.node(1).view().unwrap().generation;
+    net.run(300);
+    assert_eq!(
+        net.node(1).view().unwrap().generation,
+        settled,
+        "views churn"
+    );
+
+    // Now in the view: a second try with the wrong length fails at once.
+    let e = join_fs(&mut net, 3, 32).unwrap_err();
+    assert!(
+        e.to_string().contains("64-byte") && e.to_string().contains("node 3"),
+        "{e}"
+    );
+    assert!(net.node(3).lockspace_named("fs").is_none());
+
+    // The lockspace keeps working for its members.
+    write_then_read(&mut net, "fs", b"sb", 2, 1, &[0x11; 64]);
+
+    // With the right length node 3 gets in and reads the 64-byte LVB.
+    join_fs(&mut net, 3, 64).unwrap();
+    net.run(300);
+    assert_eq!(net.members(1, "fs"), [1, 2, 3]);
+    let r = net.lock_flags(3, "fs", b"sb", Mode::PR, Flags::VALBLK);
+    net.run(20);
+    assert_eq!(
+        net.grant(3, r),
+        Some((Mode::PR, Some(vec![0x11; 64]), true))
+    );
+}
+
+#[test]
+fn simultaneous_first_joins_with_different_lengths_keep_the_lowest_node_s() {
+    let mut net = Net::new(&[&[], &[], &[]]);
+    join_fs(&mut net, 1, 32).unwrap();
+    join_fs(&mut net, 2, 64).unwrap();
+    join_fs(&mut net, 3, 32).unwrap();
+    net.run(600);
+    assert_eq!(net.members(1, "fs"), [1, 3]);
+    assert!(net.node(2).lockspace_named("fs").is_none());
+    assert!(net
+        .events
+        .iter()
+        .any(|(id, ls, e)| *id == 2 && ls == "fs" && matches!(e, LsEvent::Refused { .. })));
+    write_then_read(&mut net, "fs", b"x", 3, 1, &[3; 32]);
 }

@@ -2,7 +2,7 @@
 //! truncation, wrong versions and oversize fields are errors, never panics.
 
 use proptest::prelude::*;
-use rdlm::member::Member;
+use rdlm::member::{LsJoin, Member};
 use rdlm::node::lockspace_id;
 use rdlm::wire::{
     Body, LvbSource, Message, WireError, HEADER_LEN, MAX_BODY, MAX_LOCKSPACES, VERSION,
@@ -85,7 +85,10 @@ fn samples() -> Vec<Body> {
         Body::Heartbeat {
             incarnation: 1 << 40,
             hb: 12,
-            lockspaces: vec![(lockspace_id("fsA"), 3), (lockspace_id("fsB"), 1)],
+            lockspaces: vec![
+                LsJoin::new(lockspace_id("fsA"), 3, 64),
+                LsJoin::new(lockspace_id("fsB"), 1, 32),
+            ],
         },
         Body::Heartbeat {
             incarnation: 1,
@@ -104,7 +107,7 @@ fn samples() -> Vec<Body> {
             incarnation: 20,
             previous: vec![(1, 10), (2, 20)],
             committed: Some(view()),
-            lockspaces: vec![(7, 1)],
+            lockspaces: vec![j(7, 1)],
         },
         Body::Accept {
             incarnation: 20,
@@ -214,7 +217,7 @@ fn lockspace_lists_are_bounded_and_well_formed() {
             Body::Heartbeat {
                 incarnation: 1,
                 hb: 1,
-                lockspaces,
+                lockspaces: lockspaces.into_iter().map(|(i, n)| j(i, n)).collect(),
             },
         )
         .encode()
@@ -237,6 +240,57 @@ fn lockspace_lists_are_bounded_and_well_formed() {
     assert!(Message::decode(&t).is_err());
 }
 
+#[test]
+fn lockspace_lists_carry_valid_lvb_lengths() {
+    let hb = |lockspaces: Vec<LsJoin>| {
+        msg(
+            1,
+            2,
+            Body::Heartbeat {
+                incarnation: 1,
+                hb: 1,
+                lockspaces,
+            },
+        )
+        .encode()
+    };
+    for good in [8u16, 32, 64, 1024] {
+        let m = Message::decode(&hb(vec![LsJoin::new(4, 1, good)])).unwrap();
+        let Body::Heartbeat { lockspaces, .. } = m.body else {
+            panic!("{m:?}")
+        };
+        assert_eq!(lockspaces, [LsJoin::new(4, 1, good)]);
+    }
+    for bad in [0u16, 4, 12, 33, 1032, u16::MAX] {
+        let e = Message::decode(&hb(vec![LsJoin::new(4, 1, bad)])).unwrap_err();
+        assert!(matches!(e, WireError::Malformed { .. }), "{bad}: {e}");
+        assert!(e.to_string().contains("LVB length"), "{e}");
+    }
+    // Each entry is id (4) + join (8) + LVB length (2): cutting the last
+    // byte truncates, it does not panic.
+    let mut f = hb(vec![LsJoin::new(4, 1, 32)]);
+    f.pop();
+    let stated = (f.len() - HEADER_LEN) as u32;
+    f[16..20].copy_from_slice(&stated.to_be_bytes());
+    let e = Message::decode(&f).unwrap_err();
+    assert!(e.to_string().contains("truncated"), "{e}");
+    // A view member's list is checked the same way.
+    let mut v = view();
+    v.members[0].lockspaces = vec![LsJoin::new(3, 1, 20)];
+    let m = Message {
+        generation: 4,
+        from: 1,
+        lockspace: 0,
+        body: Body::Commit { view: v },
+    };
+    assert!(Message::decode(&m.encode()).is_err());
+}
+
+/// A join with the default 32-byte LVBs.
+fn j(id: u32, join: u64) -> LsJoin {
+    LsJoin::new(id, join, 32)
+}
+
 fn view() -> View {
     View::new(
         4,
@@ -245,7 +299,7 @@ fn view() -> View {
                 id: 2,
                 incarnation: 20,
                 slot: 1,
-                lockspaces: vec![(3, 1), (9, 2)],
+                lockspaces: vec![j(3, 1), j(9, 2)],
             },
             Member {
                 id: 1,
@@ -291,15 +345,15 @@ fn views_with_duplicate_nodes_or_slots_do_not_decode() {
             ..a.clone()
         }],
         vec![Member {
-            lockspaces: vec![(5, 1), (5, 2)],
+            lockspaces: vec![j(5, 1), j(5, 2)],
             ..a.clone()
         }],
         vec![Member {
-            lockspaces: vec![(0, 1)],
+            lockspaces: vec![j(0, 1)],
             ..a.clone()
         }],
         vec![Member {
-            lockspaces: vec![(6, 1), (5, 2)],
+            lockspaces: vec![j(6, 1), j(5, 2)],
             ..a.clone()
         }],
         vec![],

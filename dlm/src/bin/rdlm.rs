@@ -79,8 +79,11 @@ struct NodeArgs {
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Also join this lockspace (repeatable; "default" is always joined).
-    #[arg(long = "lockspace")]
-    lockspaces: Vec<String>,
+    /// NAME:LEN gives it LEN-byte LVBs (a multiple of 8 in 8..=1024;
+    /// default: the cluster file's lvb_len); every member of a lockspace
+    /// must use the same length.
+    #[arg(long = "lockspace", value_name = "NAME[:LEN]")]
+    lockspaces: Vec<rdlm::daemon::LockspaceArg>,
 }
 
 #[derive(Debug, Args)]
