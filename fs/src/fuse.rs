@@ -16,9 +16,9 @@
 //! the kernel, clears setuid/setgid bits (FUSE_HANDLE_KILLPRIV).
 
 use crate::acl::Cred;
+use crate::demote::KernelCaches;
 use crate::error::FsError;
 use crate::format::{FileType as FT, Timestamp};
-use crate::demote::KernelCaches;
 use crate::glock::{GlockKind, GlockName};
 use crate::mount::Fs;
 use crate::ops::{Attr, SetAttr, SetTime};

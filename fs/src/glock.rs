@@ -168,6 +168,10 @@ pub struct GlockStats {
     pub released: u64,
 }
 
+/// Conversions failed by a conversion deadlock that one request retries
+/// before it gives up (each retry waits a little longer, up to 51 ms).
+pub const MAX_CONVERSION_RETRIES: u32 = 400;
+
 #[derive(Debug, Default)]
 struct Entry {
     mode: Option<GlockMode>,
@@ -271,6 +275,7 @@ impl Glocks {
     pub fn acquire(&self, name: GlockName, mode: GlockMode) -> Result<()> {
         let (lock, changed) = &*self.table;
         let mut g = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut deadlocks = 0u32;
         loop {
             let e = g.entries.entry(name).or_default();
             if e.mode >= Some(mode) {
@@ -283,22 +288,34 @@ impl Glocks {
             e.busy = true;
             drop(g);
             let r = self.proto.lock(name, mode);
-            let mut g = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            g = lock.lock().unwrap_or_else(PoisonError::into_inner);
             let t = &mut *g;
             let e = t.entries.entry(name).or_default();
             e.busy = false;
-            let out = match r {
+            changed.notify_all();
+            match r {
                 Ok(lvb) => {
                     e.mode = Some(mode);
                     e.granted_at = Some(Instant::now());
                     e.lvb = lvb;
                     t.stats.acquired += 1;
-                    Ok(())
+                    return Ok(());
                 }
-                Err(err) => Err(err),
-            };
-            changed.notify_all();
-            return out;
+                // Two nodes converting Shared up to Exclusive at once: the
+                // lock manager fails one conversion (this one) and the
+                // other waits for our Shared, which the demote worker now
+                // gives up. Step aside (busy cleared so it can) and ask
+                // again; by then we may hold nothing and ask afresh.
+                Err(FsError::Errno(libc::EDEADLK)) if deadlocks < MAX_CONVERSION_RETRIES => {
+                    deadlocks += 1;
+                    drop(g);
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        1 + u64::from(deadlocks.min(50)),
+                    ));
+                    g = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                }
+                Err(err) => return Err(err),
+            }
         }
     }
 

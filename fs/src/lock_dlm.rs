@@ -71,9 +71,10 @@ impl LockDlm {
     ) -> std::result::Result<Option<Vec<u8>>, DlmError> {
         let held = self.ids().by_name.get(&name).copied();
         let grant = match held {
-            Some(lkid) => self
-                .dlm
-                .convert(lkid, dlm_mode(mode), flags | Flags::VALBLK, None, None)?,
+            Some(lkid) => {
+                self.dlm
+                    .convert(lkid, dlm_mode(mode), flags | Flags::VALBLK, None, None)?
+            }
             None => {
                 let g = self.dlm.lock_in(
                     &self.lockspace,
@@ -104,8 +105,12 @@ impl LockProtocol for LockDlm {
     }
 
     fn lock(&self, name: GlockName, mode: GlockMode) -> Result<Option<Vec<u8>>> {
-        self.request(name, mode, Flags::NONE)
-            .map_err(|e| self.err(name, e))
+        match self.request(name, mode, Flags::NONE) {
+            Ok(lvb) => Ok(lvb),
+            // A conversion deadlock: the caller steps aside and retries.
+            Err(DlmError::Deadlock { .. }) => Err(FsError::Errno(libc::EDEADLK)),
+            Err(e) => Err(self.err(name, e)),
+        }
     }
 
     fn try_lock(&self, name: GlockName, mode: GlockMode) -> Result<bool> {

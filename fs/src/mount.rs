@@ -309,7 +309,12 @@ impl Fs {
         let report = r?;
         released?;
         if report.transactions > 0 {
-            tracing::info!(device = self.dev.name(), jid, transactions = report.transactions, "replayed the journal of a node that is not mounted");
+            tracing::info!(
+                device = self.dev.name(),
+                jid,
+                transactions = report.transactions,
+                "replayed the journal of a node that is not mounted"
+            );
             self.cache = BufCache::new(self.geo, self.opts.cache_blocks);
             self.inodes.clear();
             self.rgrps.invalidate();

@@ -129,7 +129,8 @@ impl Rgrps {
     }
 
     fn glock(&self, i: usize, mode: GlockMode) -> Result<()> {
-        self.glocks.hold(GlockName::rgrp(self.entries[i].addr), mode)
+        self.glocks
+            .hold(GlockName::rgrp(self.entries[i].addr), mode)
     }
 
     /// The state of block `addr`.

@@ -87,14 +87,18 @@ fn parse_options(s: Option<&str>) -> Result<Parsed, String> {
                 Some("nolock") | Some("lock_nolock") => {}
                 // Chosen by --cluster; accepted so fstab lines can say it.
                 Some("dlm") | Some("lock_dlm") => {}
-                _ => return Err(format!("option {o}: expected lockproto=nolock or lockproto=dlm")),
+                _ => {
+                    return Err(format!(
+                        "option {o}: expected lockproto=nolock or lockproto=dlm"
+                    ))
+                }
             },
             "force_nolock" => p.mount.force_nolock = true,
             "cache" => p.mount.cache_blocks = num(v)?.clamp(64, 1 << 24) as usize,
             "commit" => p.mount.commit_interval = Duration::from_secs(num(v)?.clamp(1, 3600)),
             "log" => p.log = v.ok_or("option log needs a level")?.to_string(),
-            "defaults" | "_netdev" | "nofail" | "auto" | "noauto" | "user" | "nouser"
-            | "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "async" => {}
+            "defaults" | "_netdev" | "nofail" | "auto" | "noauto" | "user" | "nouser" | "exec"
+            | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "async" => {}
             _ => return Err(format!("unknown mount option {o:?}")),
         }
     }
@@ -259,7 +263,8 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
     if joined.is_some() {
         // Other nodes may still ask for glocks while this one frees what
         // it must: wait for glocks with the file system let go.
-        if let Err(e) = rdlmfs::fuse::run_retrying(&shared, &mut |fs: &mut Fs| fs.prepare_unmount()) {
+        if let Err(e) = rdlmfs::fuse::run_retrying(&shared, &mut |fs: &mut Fs| fs.prepare_unmount())
+        {
             tracing::error!(error = %e, "unmount: freeing and folding failed");
         }
     }

@@ -142,6 +142,42 @@ impl Mounted {
         m
     }
 
+    /// Starts `rdlmfs mount DEV MNT --foreground ARGS...` and returns at
+    /// once (cluster nodes must start together to reach quorum); see
+    /// [`Mounted::wait_mounted`].
+    pub fn spawn_args(dev: impl AsRef<OsStr>, mnt: &Path, log: &Path, args: &[String]) -> Mounted {
+        std::fs::create_dir_all(mnt).unwrap();
+        let mnt = mnt.canonicalize().unwrap();
+        let mut cmd = mount_command(dev.as_ref(), &mnt, "", log);
+        cmd.args(args);
+        let child = cmd.spawn().expect("start rdlmfs");
+        Mounted {
+            child: Some(child),
+            mnt,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Waits (bounded by `timeout`) until the kernel shows the mount.
+    pub fn wait_mounted(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !mounted_at(&self.mnt) {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "rdlmfs exited ({st}); log: {}\n{}",
+                    self.log.display(),
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no mount after {timeout:?}; log: {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn p(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
