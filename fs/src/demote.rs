@@ -139,44 +139,35 @@ impl Worker {
         let mut pass = 0;
         loop {
             pass += 1;
-            let uses = {
-                let mut g = self.fs.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut g = self.fs.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(fs) = g.as_mut() else {
+                // Unmounting: the unmount syncs and releases everything.
+                self.glocks.abort_demote(name);
+                return;
+            };
+            if !self.write_back(fs, name, held, to) {
+                return;
+            }
+            if kernel {
+                // Steps 4 and 5: the kernel's caches, without the file
+                // system; again if an operation used the glock meanwhile.
+                let uses = self.glocks.uses(name);
+                drop(g);
+                self.kernel.invalidate(name);
+                g = self.fs.lock().unwrap_or_else(PoisonError::into_inner);
+                if self.glocks.uses(name) != uses {
+                    if pass < MAX_PASSES {
+                        continue;
+                    }
+                    tracing::warn!(glock = %name, "demoting although the glock stayed in use");
+                }
                 let Some(fs) = g.as_mut() else {
-                    // Unmounting: the unmount syncs and releases everything.
                     self.glocks.abort_demote(name);
                     return;
                 };
-                if let Err(e) = fs.go_sync(name, held) {
-                    tracing::error!(glock = %name, error = %e, "cannot write back for a demote; keeping the glock");
-                    self.glocks.abort_demote(name);
+                if !self.write_back(fs, name, held, to) {
                     return;
                 }
-                if to.is_none() {
-                    fs.go_inval(name);
-                }
-                self.glocks.uses(name)
-            };
-            if kernel {
-                self.kernel.invalidate(name);
-            }
-            let mut g = self.fs.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(fs) = g.as_mut() else {
-                self.glocks.abort_demote(name);
-                return;
-            };
-            if self.glocks.uses(name) != uses && kernel && pass < MAX_PASSES {
-                continue;
-            }
-            if pass >= MAX_PASSES {
-                tracing::warn!(glock = %name, "demoting although the glock stayed in use");
-            }
-            if let Err(e) = fs.go_sync(name, held) {
-                tracing::error!(glock = %name, error = %e, "cannot write back for a demote; keeping the glock");
-                self.glocks.abort_demote(name);
-                return;
-            }
-            if to.is_none() {
-                fs.go_inval(name);
             }
             if let Err(e) = self.glocks.finish_demote(name, to, None) {
                 tracing::error!(glock = %name, error = %e, "demote failed at the lock manager");
@@ -184,5 +175,27 @@ impl Worker {
             drop(g);
             return;
         }
+    }
+
+    /// Step 3: writes back what `name` covers and, if it is going away,
+    /// drops this node's caches of it. False (and the demote abandoned)
+    /// if the write-back failed: the glock must stay, or another node
+    /// would read what never reached the disk.
+    fn write_back(
+        &self,
+        fs: &mut Fs,
+        name: GlockName,
+        held: GlockMode,
+        to: Option<GlockMode>,
+    ) -> bool {
+        if let Err(e) = fs.go_sync(name, held) {
+            tracing::error!(glock = %name, error = %e, "cannot write back for a demote; keeping the glock");
+            self.glocks.abort_demote(name);
+            return false;
+        }
+        if to.is_none() {
+            fs.go_inval(name);
+        }
+        true
     }
 }
