@@ -10,7 +10,9 @@
 //! thread never waits for the file system. A demote then runs, in order:
 //!
 //! 1. wait out the minimum hold time since the grant (damps ping-pong);
-//! 2. claim the glock (a request for it in flight finishes first);
+//! 2. claim the glock; if a request for it is in flight, put the demote
+//!    off a little and serve the other requests meanwhile (the request in
+//!    flight may be waiting for one of them on another node);
 //! 3. holding the file system: write back and make durable what the glock
 //!    covers, and drop this node's caches of it if the glock is going away
 //!    (an Exclusive holder asked only for Shared keeps its clean caches);
@@ -25,7 +27,7 @@
 //!    convert or unlock at the lock module *before* letting the file
 //!    system go, so no operation can use the glock in between.
 
-use crate::glock::{GlockKind, GlockMode, GlockName, Glocks};
+use crate::glock::{DemoteClaim, GlockKind, GlockMode, GlockName, Glocks};
 use crate::mount::Fs;
 use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -44,6 +46,10 @@ pub trait KernelCaches: Send + Sync {
 /// used meanwhile (each round is short; a busy reader could otherwise hold
 /// a writer on another node off forever).
 pub const MAX_PASSES: u32 = 8;
+
+/// How long a demote of a glock with a request in flight is put off
+/// before it is tried again.
+const BUSY_RETRY: Duration = Duration::from_millis(2);
 
 /// Another node wants `name` in `wanted`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,15 +87,16 @@ struct Worker {
 
 impl Worker {
     fn run(&self, rx: Receiver<DemoteRequest>) {
-        // Requests not yet due, with the strongest mode wanted.
-        let mut pending: BTreeMap<GlockName, GlockMode> = BTreeMap::new();
+        // Requests not yet done, with the strongest mode wanted and, for a
+        // glock that was busy, when to try again.
+        let mut pending: BTreeMap<GlockName, (GlockMode, Option<Instant>)> = BTreeMap::new();
         loop {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
             let due: Vec<(GlockName, GlockMode)> = pending
                 .iter()
-                .filter(|(n, _)| {
-                    let at = self.due(**n);
+                .filter(|(n, (_, retry))| {
+                    let at = retry.unwrap_or_else(|| self.due(**n));
                     if at <= now {
                         true
                     } else {
@@ -97,11 +104,15 @@ impl Worker {
                         false
                     }
                 })
-                .map(|(n, m)| (*n, *m))
+                .map(|(n, (m, _))| (*n, *m))
                 .collect();
             for (n, m) in due {
                 pending.remove(&n);
-                self.demote(n, m);
+                if !self.demote(n, m) {
+                    let at = Instant::now() + BUSY_RETRY;
+                    next = Some(next.map_or(at, |x: Instant| x.min(at)));
+                    pending.insert(n, (m, Some(at)));
+                }
             }
             let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
             let got = match wait {
@@ -111,8 +122,8 @@ impl Worker {
             };
             match got {
                 Ok(r) => {
-                    let m = pending.entry(r.name).or_insert(r.wanted);
-                    *m = (*m).max(r.wanted);
+                    let e = pending.entry(r.name).or_insert((r.wanted, None));
+                    e.0 = e.0.max(r.wanted);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -127,9 +138,13 @@ impl Worker {
         }
     }
 
-    fn demote(&self, name: GlockName, wanted: GlockMode) {
-        let Some(held) = self.glocks.begin_demote(name) else {
-            return;
+    /// Runs one demote; false if the glock had a request in flight and
+    /// the demote must be tried again later.
+    fn demote(&self, name: GlockName, wanted: GlockMode) -> bool {
+        let held = match self.glocks.begin_demote(name) {
+            DemoteClaim::NotHeld => return true,
+            DemoteClaim::Busy => return false,
+            DemoteClaim::Claimed(m) => m,
         };
         let to = match (held, wanted) {
             (GlockMode::Exclusive, GlockMode::Shared) => Some(GlockMode::Shared),
@@ -143,10 +158,10 @@ impl Worker {
             let Some(fs) = g.as_mut() else {
                 // Unmounting: the unmount syncs and releases everything.
                 self.glocks.abort_demote(name);
-                return;
+                return true;
             };
             if !self.write_back(fs, name, held, to) {
-                return;
+                return true;
             }
             if kernel {
                 // Steps 4 and 5: the kernel's caches, without the file
@@ -163,17 +178,17 @@ impl Worker {
                 }
                 let Some(fs) = g.as_mut() else {
                     self.glocks.abort_demote(name);
-                    return;
+                    return true;
                 };
                 if !self.write_back(fs, name, held, to) {
-                    return;
+                    return true;
                 }
             }
             if let Err(e) = self.glocks.finish_demote(name, to, None) {
                 tracing::error!(glock = %name, error = %e, "demote failed at the lock manager");
             }
             drop(g);
-            return;
+            return true;
         }
     }
 

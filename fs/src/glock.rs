@@ -168,6 +168,17 @@ pub struct GlockStats {
     pub released: u64,
 }
 
+/// What [`Glocks::begin_demote`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoteClaim {
+    /// Not held (or pinned): nothing to give up.
+    NotHeld,
+    /// A request for it is talking to the lock module: ask again later.
+    Busy,
+    /// Claimed for the demote; it is held in this mode.
+    Claimed(GlockMode),
+}
+
 /// Conversions failed by a conversion deadlock that one request retries
 /// before it gives up (each retry waits a little longer, up to 51 ms).
 pub const MAX_CONVERSION_RETRIES: u32 = 400;
@@ -319,23 +330,28 @@ impl Glocks {
         }
     }
 
-    /// For the demote worker: claims `name` (waiting out a request in
-    /// flight) and returns its mode, or None if it is not held.
-    pub fn begin_demote(&self, name: GlockName) -> Option<GlockMode> {
-        let (lock, changed) = &*self.table;
-        let mut t = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            let e = t.entries.get_mut(&name)?;
-            if e.busy {
-                t = changed.wait(t).unwrap_or_else(PoisonError::into_inner);
-                continue;
+    /// For the demote worker: claims `name` for a demote. Never waits: a
+    /// request for the glock in flight (a conversion queued at the lock
+    /// manager) may itself wait for another node's demote, so a worker
+    /// that waited here could deadlock two nodes (each worker waiting for
+    /// its own conversion, each conversion for the other worker).
+    pub fn begin_demote(&self, name: GlockName) -> DemoteClaim {
+        let mut t = self.table();
+        let Some(e) = t.entries.get_mut(&name) else {
+            return DemoteClaim::NotHeld;
+        };
+        if e.busy {
+            return DemoteClaim::Busy;
+        }
+        if e.pinned {
+            return DemoteClaim::NotHeld;
+        }
+        match e.mode {
+            None => DemoteClaim::NotHeld,
+            Some(m) => {
+                e.busy = true;
+                DemoteClaim::Claimed(m)
             }
-            if e.pinned {
-                return None;
-            }
-            e.mode?;
-            e.busy = true;
-            return e.mode;
         }
     }
 
@@ -555,13 +571,17 @@ mod tests {
         assert!(g.hold(n, GlockMode::Exclusive).is_err());
         g.acquire(n, GlockMode::Exclusive).unwrap();
         // A demote down to Shared, then away.
-        assert_eq!(g.begin_demote(n), Some(GlockMode::Exclusive));
+        assert_eq!(
+            g.begin_demote(n),
+            DemoteClaim::Claimed(GlockMode::Exclusive)
+        );
+        assert_eq!(g.begin_demote(n), DemoteClaim::Busy);
         g.finish_demote(n, Some(GlockMode::Shared), None).unwrap();
         assert_eq!(g.mode(n), Some(GlockMode::Shared));
-        assert_eq!(g.begin_demote(n), Some(GlockMode::Shared));
+        assert_eq!(g.begin_demote(n), DemoteClaim::Claimed(GlockMode::Shared));
         g.finish_demote(n, None, None).unwrap();
         assert_eq!(g.mode(n), None);
-        assert_eq!(g.begin_demote(n), None);
+        assert_eq!(g.begin_demote(n), DemoteClaim::NotHeld);
         assert_eq!(g.stats().demoted, 2);
         assert_eq!(proto.0.lock().unwrap().len(), 2);
     }

@@ -15,7 +15,7 @@ use crate::error::{FsError, Result};
 use crate::glock::{GlockMode, GlockName, LockProtocol};
 use rdlm::api::{BlockingDlm, DlmError, DlmEvent};
 use rdlm::{Flags, Mode};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -26,10 +26,19 @@ fn dlm_mode(m: GlockMode) -> Mode {
     }
 }
 
+/// Blocking callbacks kept for lock ids not known yet, at most this many
+/// (the oldest go first: those are callbacks that raced an unlock).
+const MAX_EARLY_CALLBACKS: usize = 4096;
+
 #[derive(Default)]
 struct Ids {
     by_name: HashMap<GlockName, u64>,
     by_lkid: HashMap<u64, GlockName>,
+    /// Blocking callbacks that arrived before the grant of their new lock
+    /// returned to us (the DLM sends them together with the grant when a
+    /// request is already queued behind it). Dropping one would leave the
+    /// other node waiting forever: the DLM tells a holder only once.
+    early: BTreeMap<u64, Mode>,
 }
 
 /// The lock module of a cluster mount.
@@ -37,6 +46,7 @@ pub struct LockDlm {
     dlm: BlockingDlm,
     lockspace: String,
     ids: Mutex<Ids>,
+    demotes: Mutex<Option<Sender<DemoteRequest>>>,
 }
 
 impl LockDlm {
@@ -45,6 +55,7 @@ impl LockDlm {
             dlm,
             lockspace,
             ids: Mutex::new(Ids::default()),
+            demotes: Mutex::new(None),
         }
     }
 
@@ -61,6 +72,44 @@ impl LockDlm {
     /// The glock a DLM lock id belongs to.
     pub fn glock_of(&self, lkid: u64) -> Option<GlockName> {
         self.ids().by_lkid.get(&lkid).copied()
+    }
+
+    /// A blocking callback for `lkid` becomes a demote request, now if
+    /// the lock is known, else when its grant is recorded.
+    fn blocking(&self, lkid: u64, mode: Mode) {
+        let name = {
+            let mut ids = self.ids();
+            match ids.by_lkid.get(&lkid).copied() {
+                Some(n) => n,
+                None => {
+                    let m = ids.early.entry(lkid).or_insert(mode);
+                    *m = (*m).max(mode);
+                    while ids.early.len() > MAX_EARLY_CALLBACKS {
+                        ids.early.pop_first();
+                    }
+                    return;
+                }
+            }
+        };
+        self.send_demote(name, mode);
+    }
+
+    fn send_demote(&self, name: GlockName, mode: Mode) {
+        let wanted = match mode {
+            Mode::NL | Mode::CR | Mode::PR => GlockMode::Shared,
+            _ => GlockMode::Exclusive,
+        };
+        tracing::debug!(glock = %name, ?mode, "blocking callback");
+        let tx = self
+            .demotes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(tx) = tx {
+            if tx.send(DemoteRequest { name, wanted }).is_err() {
+                tracing::debug!(glock = %name, "demote worker gone");
+            }
+        }
     }
 
     fn request(
@@ -85,9 +134,15 @@ impl LockDlm {
                     true,
                     None,
                 )?;
-                let mut ids = self.ids();
-                ids.by_name.insert(name, g.lkid);
-                ids.by_lkid.insert(g.lkid, name);
+                let early = {
+                    let mut ids = self.ids();
+                    ids.by_name.insert(name, g.lkid);
+                    ids.by_lkid.insert(g.lkid, name);
+                    ids.early.remove(&g.lkid)
+                };
+                if let Some(mode) = early {
+                    self.send_demote(name, mode);
+                }
                 g
             }
         };
@@ -140,30 +195,19 @@ impl LockProtocol for LockDlm {
     }
 }
 
-/// Turns the DLM's events into demote requests until the event stream
-/// ends; other events go to `other` (the mount's membership and recovery
-/// handling).
+/// Turns the DLM's events into demote requests for `demotes` until the
+/// event stream ends; other events go to `other` (the mount's membership
+/// and recovery handling).
 pub fn forward_events(
     proto: Arc<LockDlm>,
     mut events: rdlm::api::Events,
     demotes: Sender<DemoteRequest>,
     other: Sender<DlmEvent>,
 ) {
+    *proto.demotes.lock().unwrap_or_else(PoisonError::into_inner) = Some(demotes);
     while let Some(ev) = events.blocking_recv() {
         match ev {
-            DlmEvent::Blocking { lkid, mode } => {
-                let Some(name) = proto.glock_of(lkid) else {
-                    continue;
-                };
-                let wanted = match mode {
-                    Mode::NL | Mode::CR | Mode::PR => GlockMode::Shared,
-                    _ => GlockMode::Exclusive,
-                };
-                tracing::debug!(glock = %name, ?mode, "blocking callback");
-                if demotes.send(DemoteRequest { name, wanted }).is_err() {
-                    return;
-                }
-            }
+            DlmEvent::Blocking { lkid, mode } => proto.blocking(lkid, mode),
             other_ev => {
                 if other.send(other_ev).is_err() {
                     tracing::debug!("no listener for lock manager events");
@@ -171,4 +215,5 @@ pub fn forward_events(
             }
         }
     }
+    *proto.demotes.lock().unwrap_or_else(PoisonError::into_inner) = None;
 }

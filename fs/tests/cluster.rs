@@ -226,7 +226,6 @@ fn two_nodes_see_each_others_changes_at_once() {
 }
 
 #[test]
-#[ignore = "cluster mounts are in progress: three nodes creating in one directory hang (a glock request never granted); run with --ignored while fixing"]
 fn concurrent_creates_in_one_directory_lose_nothing() {
     let t = tempfile::tempdir().unwrap();
     let c = start(&t, 3);
