@@ -144,6 +144,16 @@ pub fn check_range(dev: &dyn BlockDevice, op: Op, offset: u64, len: u64) -> Resu
 /// Opens a device by path or URI: `nbd://host[:port][/export]`,
 /// `nbd+unix:///export?socket=PATH`, or a local path.
 pub fn open(spec: &str, read_only: bool) -> Result<Arc<dyn BlockDevice>> {
+    open_as(spec, read_only, None)
+}
+
+/// [`open`], telling an NBD server `client_id` so that it can fence this
+/// client (ignored for files and by servers that do not know client ids).
+pub fn open_as(
+    spec: &str,
+    read_only: bool,
+    client_id: Option<String>,
+) -> Result<Arc<dyn BlockDevice>> {
     match DeviceUri::parse(spec)? {
         DeviceUri::File(path) => Ok(Arc::new(FileDevice::open(
             &path,
@@ -157,6 +167,7 @@ pub fn open(spec: &str, read_only: bool) -> Result<Arc<dyn BlockDevice>> {
                 &uri,
                 NbdOptions {
                     read_only,
+                    client_id,
                     ..NbdOptions::default()
                 },
             )?))

@@ -24,6 +24,10 @@ pub struct Joined {
     pub events: Option<Events>,
     /// The lockspace (the lock table, "cluster:fsname").
     pub lockspace: String,
+    /// The cluster's name.
+    pub cluster: String,
+    /// This run of this node (a remount is a new one).
+    pub incarnation: u64,
     /// Our membership slot, from 1.
     pub slot: u32,
     /// The journal that slot gives us (slot - 1).
@@ -76,7 +80,7 @@ pub fn join(
     dlm.join_lockspace(&lockspace)
         .map_err(|e| format!("joining lockspace {lockspace:?}: {e}"))?;
     let deadline = Instant::now() + timeout;
-    let slot = loop {
+    let (slot, incarnation) = loop {
         let st = dlm
             .status()
             .map_err(|e| format!("lock manager status: {e}"))?;
@@ -85,7 +89,7 @@ pub fn join(
             .iter()
             .any(|l| l.name == lockspace && l.members.contains(&node) && !l.recovering);
         if let (true, true, Some(slot)) = (st.quorate, in_ls, st.slot) {
-            break slot;
+            break (slot, st.incarnation);
         }
         if Instant::now() >= deadline {
             let _ = dlm.leave();
@@ -111,6 +115,8 @@ pub fn join(
         proto,
         events: Some(events),
         lockspace,
+        cluster: table.cluster.clone(),
+        incarnation,
         slot,
         jid: slot - 1,
     })

@@ -18,6 +18,7 @@
 use crate::acl::Cred;
 use crate::demote::KernelCaches;
 use crate::error::FsError;
+use crate::flock::Flocks;
 use crate::format::{FileType as FT, Timestamp};
 use crate::glock::{GlockKind, GlockName};
 use crate::mount::Fs;
@@ -38,6 +39,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct RdlmFuse {
     fs: Arc<Mutex<Option<Fs>>>,
     ttl: Duration,
+    /// Cluster-wide flock(2); None: the kernel keeps flocks node-local.
+    flocks: Option<Arc<Flocks>>,
+    /// A cluster mount: O_APPEND files bypass the page cache (below).
+    cluster: bool,
 }
 
 impl RdlmFuse {
@@ -45,7 +50,34 @@ impl RdlmFuse {
     /// cluster mount uses zero: the kernel asks again every time, and only
     /// page contents are cached (invalidated on demotes).
     pub fn new(fs: Arc<Mutex<Option<Fs>>>, ttl: Duration) -> RdlmFuse {
-        RdlmFuse { fs, ttl }
+        RdlmFuse {
+            fs,
+            ttl,
+            flocks: None,
+            cluster: false,
+        }
+    }
+
+    /// A cluster mount: flock(2) goes through `flocks` (cluster-wide)
+    /// instead of staying in this node's kernel, and appends are made at
+    /// the end of the file as the cluster knows it.
+    pub fn clustered(mut self, flocks: Arc<Flocks>) -> RdlmFuse {
+        self.flocks = Some(flocks);
+        self.cluster = true;
+        self
+    }
+
+    /// How a file opened with `flags` is served. In a cluster an O_APPEND
+    /// file is direct I/O: the kernel would place each append at the size
+    /// it cached when the file was opened, which another node may have
+    /// grown since; the file system appends at the real end instead, and
+    /// pages at the kernel's guessed offset must not be cached.
+    fn open_flags(&self, flags: i32) -> FopenFlags {
+        if self.cluster && flags & libc::O_APPEND != 0 {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Fs>> {
@@ -270,7 +302,72 @@ impl Filesystem for RdlmFuse {
         // does not own the file may not do: the write would fail (EPERM).
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV);
         let _ = config.set_max_readahead(1 << 20);
+        if self.flocks.is_some() {
+            // flock(2) comes to us as setlk; fcntl locks stay local.
+            if config
+                .add_capabilities(InitFlags::FUSE_FLOCK_LOCKS)
+                .is_err()
+            {
+                tracing::warn!(
+                    "the kernel cannot pass flock to the file system: flocks stay node-local"
+                );
+            }
+        }
         Ok(())
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(flocks) = self.flocks.clone() else {
+            reply.error(Errno::from_i32(libc::ENOSYS));
+            return;
+        };
+        let ino = ino.0;
+        let owner = lock_owner.0;
+        let exclusive = match typ {
+            libc::F_UNLCK => {
+                flocks.unlock(ino, owner);
+                reply.ok();
+                return;
+            }
+            libc::F_WRLCK => true,
+            libc::F_RDLCK => false,
+            _ => {
+                reply.error(Errno::from_i32(libc::EINVAL));
+                return;
+            }
+        };
+        let answer = |reply: ReplyEmpty, r: Result<(), i32>| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(Errno::from_i32(e)),
+        };
+        if !sleep {
+            answer(reply, flocks.lock(ino, owner, exclusive, false));
+            return;
+        }
+        // A wait may be long: it must not hold one of the few FUSE
+        // threads (the request that unlocks may need it).
+        if !flocks.may_wait() {
+            reply.error(Errno::from_i32(libc::ENOLCK));
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("rdlmfs-flock".into())
+            .spawn(move || answer(reply, flocks.lock(ino, owner, exclusive, true)));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a flock waiter");
+        }
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -464,7 +561,7 @@ impl Filesystem for RdlmFuse {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let c = cred(req);
         match self.with(|fs| fs.open(ino_in(fs, ino), flags.0, &c)) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(()) => reply.opened(FileHandle(0), self.open_flags(flags.0)),
             Err(e) => reply.error(e),
         }
     }
@@ -500,9 +597,10 @@ impl Filesystem for RdlmFuse {
     ) {
         let c = cred(req);
         let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
+        let append = self.cluster && flags.0 & libc::O_APPEND != 0;
         let r = self.with(|fs| {
             let i = ino_in(fs, ino);
-            let n = fs.write(i, offset, data, false, &c)?;
+            let n = fs.write(i, offset, data, append, &c)?;
             if sync {
                 fs.fsync(i)?;
             }
@@ -531,10 +629,13 @@ impl Filesystem for RdlmFuse {
         ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let (Some(flocks), Some(owner)) = (&self.flocks, lock_owner) {
+            flocks.unlock(ino.0, owner.0);
+        }
         empty(reply, self.with(|fs| fs.release(ino_in(fs, ino))));
     }
 
@@ -737,16 +838,41 @@ impl Filesystem for RdlmFuse {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let c = cred(req);
         let r = self.with(|fs| {
             let p = ino_in(fs, parent);
-            let a = fs.mknod(p, name.as_bytes(), mode, umask, 0, None, &c)?;
-            // The creator may open what it created whatever the mode says.
-            fs.opened_by_create(a.ino);
-            Ok((file_attr(fs, &a), a.generation))
+            match fs.mknod(p, name.as_bytes(), mode, umask, 0, None, &c) {
+                Ok(a) => {
+                    // The creator may open what it created whatever the
+                    // mode says.
+                    fs.opened_by_create(a.ino);
+                    Ok((file_attr(fs, &a), a.generation))
+                }
+                // Another node made the name after this kernel looked it
+                // up: without O_EXCL the create is an open of that file
+                // (NFS servers answer a non-exclusive create the same way).
+                Err(FsError::Errno(libc::EEXIST)) if flags & libc::O_EXCL == 0 => {
+                    let mut a = fs.lookup(p, name.as_bytes(), &c)?;
+                    if a.kind == FT::Directory {
+                        return Err(FsError::Errno(libc::EISDIR));
+                    }
+                    if flags & libc::O_TRUNC != 0 && a.kind == FT::Regular && a.size > 0 {
+                        let set = SetAttr {
+                            size: Some(0),
+                            ..SetAttr::default()
+                        };
+                        a = fs.setattr(a.ino, set, &c)?;
+                    }
+                    // Last: it counts the open, and nothing after it may
+                    // make the operation run again.
+                    fs.open(a.ino, flags, &c)?;
+                    Ok((file_attr(fs, &a), a.generation))
+                }
+                Err(e) => Err(e),
+            }
         });
         match r {
             Ok((a, g)) => reply.created(
@@ -754,7 +880,7 @@ impl Filesystem for RdlmFuse {
                 &a,
                 Generation(g),
                 FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                self.open_flags(flags),
             ),
             Err(e) => reply.error(e),
         }

@@ -15,7 +15,10 @@
 //! - [`mount`]: the mounted file system, commit policy, unmount;
 //! - [`ops`]: the POSIX operations (what FUSE calls);
 //! - [`fuse`]: the FUSE adapter; [`cluster`]: joining the cluster for a
-//!   `lock_dlm` mount.
+//!   `lock_dlm` mount; [`fence`]: keeping a dead or cut-off node off the
+//!   disk; [`failover`]: recovering a dead node's journal while mounted;
+//!   [`flock`]: flock(2) across the cluster;
+//! - [`up`]: `rdlmfs cluster up`, a whole cluster on one machine.
 
 pub mod acl;
 pub mod bmap;
@@ -24,6 +27,9 @@ pub mod cluster;
 pub mod demote;
 pub mod dir;
 pub mod error;
+pub mod failover;
+pub mod fence;
+pub mod flock;
 pub mod format;
 pub mod fuse;
 pub mod glock;
@@ -35,6 +41,7 @@ pub mod mount;
 pub mod ops;
 pub mod recovery;
 pub mod rgrp;
+pub mod up;
 pub mod xattr;
 
 pub use error::{FsError, Result};

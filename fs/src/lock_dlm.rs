@@ -1,7 +1,8 @@
 //! `lock_dlm`: glocks as locks of rdlm, the cluster's lock manager.
 //!
 //! Owns: the mapping of a glock onto a DLM lock (name = kind + number,
-//! Shared = PR, Exclusive = EX, every lock with a value block), the lock
+//! Shared = PR, Exclusive = EX, every lock with a value block, journal
+//! glocks NOEXP so recovery can take them), the lock
 //! ids of held glocks, and turning the DLM's blocking callbacks into
 //! demote requests. May not touch: when a glock is demoted or what that
 //! writes back (`demote.rs`, `glops.rs`), or membership and recovery
@@ -12,7 +13,7 @@
 
 use crate::demote::DemoteRequest;
 use crate::error::{FsError, Result};
-use crate::glock::{GlockMode, GlockName, LockProtocol};
+use crate::glock::{GlockKind, GlockMode, GlockName, LockProtocol};
 use rdlm::api::{BlockingDlm, DlmError, DlmEvent};
 use rdlm::{Flags, Mode};
 use std::collections::{BTreeMap, HashMap};
@@ -119,6 +120,13 @@ impl LockDlm {
         flags: Flags,
     ) -> std::result::Result<Option<Vec<u8>>, DlmError> {
         let held = self.ids().by_name.get(&name).copied();
+        // Journal glocks are what recovery takes while the lock manager
+        // holds every other grant back for it (lock_dlm's NOEXP).
+        let flags = if name.kind == GlockKind::Journal {
+            flags | Flags::NOEXP
+        } else {
+            flags
+        };
         let grant = match held {
             Some(lkid) => {
                 self.dlm

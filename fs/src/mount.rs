@@ -128,6 +128,10 @@ pub struct Fs {
     saved: Option<(BTreeSet<u64>, BTreeSet<u64>)>,
     pub(crate) opts: MountOptions,
     pub(crate) sys: SysInodes,
+    /// Where every journal lies, read at mount while every glock could be
+    /// had: recovering a dead node's journal later must not need any glock
+    /// but the journal's own (the others wait for that recovery).
+    journals: Vec<JournalExtent>,
     /// The statfs change last written to our statfs_change file.
     written_delta: StatfsDelta,
     /// statfs_change as found at mount (earlier sessions' unfolded changes).
@@ -216,6 +220,7 @@ impl Fs {
             doomed: BTreeSet::new(),
             saved: None,
             sys: SysInodes::default(),
+            journals: Vec::new(),
             written_delta: StatfsDelta::default(),
             base_delta: StatfsDelta::default(),
             last_commit: Instant::now(),
@@ -260,6 +265,15 @@ impl Fs {
         }
         fs.sys.journal = jino;
         fs.retrying(|fs| fs.load_system_files(jid))?;
+        if fs.glocks.is_clustered() {
+            for j in 0..fs.sb.journals {
+                let e = fs.retrying(|fs| {
+                    let jino = fs.sys_lookup(jindex, &sysfile::journal_name(j))?;
+                    fs.journal_extent(j, jino)
+                })?;
+                fs.journals.push(e);
+            }
+        }
         // This node's own system files: nobody else touches them while it
         // is mounted, and a commit must never wait for their glocks.
         for ino in [fs.sys.statfs_change, fs.sys.unlinked] {
@@ -320,6 +334,35 @@ impl Fs {
             self.rgrps.invalidate();
         }
         Ok(Some(report))
+    }
+
+    /// Replays journal `jid` of a node that died while this one is
+    /// mounted. The caller holds the journal's glock Exclusive and has
+    /// fenced the dead node. Commits our own transaction first, so the
+    /// clean blocks dropped afterwards are all that changes in the cache.
+    pub fn recover_dead_journal(&mut self, jid: u32) -> Result<ReplayReport> {
+        let Some(extent) = self.journals.get(jid as usize).copied() else {
+            return Err(FsError::Journal {
+                device: self.dev.name().to_string(),
+                jid,
+                detail: "no such journal (or it was not found at mount)".into(),
+            });
+        };
+        if self.opts.read_only {
+            return Err(FsError::Journal {
+                device: self.dev.name().to_string(),
+                jid,
+                detail: "a dead node's journal needs replay, which a read-only mount cannot do"
+                    .into(),
+            });
+        }
+        self.commit()?;
+        let report = recovery::replay(&*self.dev, self.geo, extent, false)?;
+        // The dead node held Exclusive every glock covering what it
+        // journaled, so nothing of it should be cached here; drop the
+        // clean blocks anyway, they cost only reads.
+        self.cache.invalidate_clean();
+        Ok(report)
     }
 
     /// Reads the rindex and finds this node's system files.

@@ -79,7 +79,7 @@ fn cluster_file(dir: &Path, n: u32) -> PathBuf {
 }
 
 struct Cluster {
-    _nbd: ServerHandle,
+    nbd: ServerHandle,
     img: PathBuf,
     nodes: Vec<Mounted>,
 }
@@ -106,6 +106,8 @@ fn start(t: &tempfile::TempDir, n: u32) -> Cluster {
         dev,
         ServerConfig {
             tcp: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            admin: Some(t.path().join("nbd.admin")),
+            require_client_id: true,
             handshake_timeout: Duration::from_secs(10),
             ..ServerConfig::default()
         },
@@ -127,6 +129,8 @@ fn start(t: &tempfile::TempDir, n: u32) -> Cluster {
                     cf.display().to_string(),
                     "--node".into(),
                     id.to_string(),
+                    "--nbd-admin".into(),
+                    t.path().join("nbd.admin").display().to_string(),
                     "-o".into(),
                     "log=info".into(),
                 ],
@@ -136,11 +140,7 @@ fn start(t: &tempfile::TempDir, n: u32) -> Cluster {
     for m in &mut nodes {
         m.wait_mounted(JOIN);
     }
-    Cluster {
-        _nbd: nbd,
-        img,
-        nodes,
-    }
+    Cluster { nbd, img, nodes }
 }
 
 impl Cluster {
@@ -268,6 +268,278 @@ fn concurrent_creates_in_one_directory_lose_nothing() {
                 read(m.p(&format!("shared/n{i}-{k}"))),
                 format!("{i}:{k}").as_bytes()
             );
+        }
+    }
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
+
+/// `key=value` from a tracing line.
+fn field(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Runs `f` on a thread and waits at most `limit` for it: a survivor that
+/// never recovers must fail the test, not hang it.
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what}: no answer within {limit:?}"))
+}
+
+#[test]
+fn a_killed_node_is_fenced_and_recovered_by_the_survivors() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let t = tempfile::tempdir().unwrap();
+    let mut c = start(&t, 3);
+    std::fs::create_dir(c.nodes[0].p("shared")).unwrap();
+    std::fs::create_dir(c.nodes[2].p("victim")).unwrap();
+
+    // Node 3 writes and fsyncs files, one after another, in its own
+    // directory and in the shared one; node 1 creates in the shared one
+    // at the same time. Node 3 is killed in the middle.
+    let synced = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let victim_dir = c.nodes[2].p("victim");
+    let victim_shared = c.nodes[2].p("shared");
+    let writer = {
+        let synced = synced.clone();
+        std::thread::spawn(move || {
+            for k in 0.. {
+                let body = format!("file {k} from node 3, ").repeat(50 + k % 200);
+                let r = (|| -> std::io::Result<()> {
+                    let mut f = std::fs::File::create(victim_dir.join(format!("f{k}")))?;
+                    f.write_all(body.as_bytes())?;
+                    std::fs::write(victim_shared.join(format!("v{k}")), b"v")?;
+                    f.sync_all()
+                })();
+                if r.is_err() {
+                    return;
+                }
+                synced.store(k + 1, Ordering::SeqCst);
+            }
+        })
+    };
+    let survivor_dir = c.nodes[0].p("shared");
+    let survivor = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut k = 0;
+            while !stop.load(Ordering::SeqCst) {
+                std::fs::write(survivor_dir.join(format!("s{k}")), format!("{k}"))
+                    .unwrap_or_else(|e| panic!("survivor create s{k}: {e}"));
+                k += 1;
+            }
+            k
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while synced.load(Ordering::SeqCst) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 3 made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = c.nodes.remove(2);
+    let killed_at = unix_ms();
+    victim.kill();
+    let durable = synced.load(Ordering::SeqCst);
+    writer.join().unwrap();
+
+    // The survivors serve the dead node's files again: everything it
+    // fsync'd is there, on both.
+    for i in 0..2 {
+        let dir = c.nodes[i].p("victim");
+        let ok = within(
+            Duration::from_secs(60),
+            "reading the dead node's files",
+            move || {
+                for k in 0..durable {
+                    let want = format!("file {k} from node 3, ").repeat(50 + k % 200);
+                    let got = std::fs::read(dir.join(format!("f{k}")))
+                        .unwrap_or_else(|e| panic!("f{k}: {e}"));
+                    assert_eq!(got, want.as_bytes(), "f{k} after recovery");
+                }
+                true
+            },
+        );
+        assert!(ok);
+    }
+    let served_at = unix_ms();
+    stop.store(true, Ordering::SeqCst);
+    let made = within(
+        Duration::from_secs(60),
+        "the survivor's workload",
+        move || survivor.join().unwrap(),
+    );
+    assert!(made > 0);
+    // The names both wrote in the shared directory, on both survivors.
+    for i in 0..2 {
+        let names: Vec<String> = std::fs::read_dir(c.nodes[i].p("shared"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        for k in 0..made {
+            assert!(
+                names.contains(&format!("s{k}")),
+                "s{k} missing on node {}",
+                i + 1
+            );
+        }
+        for k in 0..durable {
+            assert!(
+                names.contains(&format!("v{k}")),
+                "v{k} missing on node {}",
+                i + 1
+            );
+        }
+    }
+
+    // One survivor recovered the journal, after fencing node 3 at the NBD
+    // server; report the failover's parts.
+    let logs: String = c
+        .nodes
+        .iter()
+        .map(|m| std::fs::read_to_string(&m.log).unwrap_or_default())
+        .collect();
+    let recovered: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("recovered the journal of a dead node"))
+        .collect();
+    assert_eq!(recovered.len(), 1, "recoveries: {recovered:?}");
+    let died = logs
+        .lines()
+        .find(|l| l.contains("node died: recovering its journal"))
+        .expect("a survivor heard of the death");
+    let heard = field(died, "at_unix_ms").expect("at_unix_ms");
+    let r = recovered[0];
+    eprintln!(
+        "failover: detection {} ms, fencing {} ms, replay {} ms ({} transactions), kill to files served {} ms",
+        heard.saturating_sub(killed_at),
+        field(r, "fence_ms").unwrap(),
+        field(r, "replay_ms").unwrap(),
+        field(r, "transactions").unwrap(),
+        served_at - killed_at
+    );
+    let fenced: Vec<String> = c.nbd.fences().fenced();
+    assert_eq!(fenced.len(), 1, "fenced clients: {fenced:?}");
+    assert!(fenced[0].starts_with("t/node3/"), "fenced: {fenced:?}");
+
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
+
+fn flock(f: &std::fs::File, op: i32) -> i32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own.
+    libc_errno(unsafe { libc::flock(f.as_raw_fd(), op) })
+}
+
+#[test]
+fn flock_is_cluster_wide() {
+    let t = tempfile::tempdir().unwrap();
+    let c = start(&t, 2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    std::fs::write(a.p("lockfile"), b"").unwrap();
+    let fa = std::fs::File::open(a.p("lockfile")).unwrap();
+    let fb = std::fs::File::open(b.p("lockfile")).unwrap();
+
+    // Exclusive on a: b cannot have it, shared or exclusive.
+    assert_eq!(flock(&fa, libc::LOCK_EX), 0);
+    assert_eq!(flock(&fb, libc::LOCK_EX | libc::LOCK_NB), libc::EWOULDBLOCK);
+    assert_eq!(flock(&fb, libc::LOCK_SH | libc::LOCK_NB), libc::EWOULDBLOCK);
+    // A blocking request on b waits until a lets go.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let r = flock(&fb, libc::LOCK_EX);
+        let _ = tx.send(r);
+        fb
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "b got the lock while a held it"
+    );
+    assert_eq!(flock(&fa, libc::LOCK_UN), 0);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("b's flock after a's unlock"),
+        0
+    );
+    let fb = waiter.join().unwrap();
+    assert_eq!(flock(&fa, libc::LOCK_SH | libc::LOCK_NB), libc::EWOULDBLOCK);
+    // Shared on both.
+    assert_eq!(flock(&fb, libc::LOCK_SH), 0);
+    assert_eq!(flock(&fa, libc::LOCK_SH | libc::LOCK_NB), 0);
+    assert_eq!(flock(&fb, libc::LOCK_EX | libc::LOCK_NB), libc::EWOULDBLOCK);
+    assert_eq!(flock(&fa, libc::LOCK_UN), 0);
+    // Closing the file drops its lock.
+    drop(fb);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while flock(&fa, libc::LOCK_EX | libc::LOCK_NB) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's close did not drop its flock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(fa);
+
+    // Appends under flock from both nodes at once: every line whole, none lost.
+    let per_node = 40;
+    std::thread::scope(|s| {
+        for (i, m) in c.nodes.iter().enumerate() {
+            let p = m.p("log");
+            s.spawn(move || {
+                use std::io::Write;
+                for k in 0..per_node {
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&p)
+                        .unwrap();
+                    assert_eq!(flock(&f, libc::LOCK_EX), 0);
+                    f.write_all(format!("node {i} line {k}\n").as_bytes())
+                        .unwrap();
+                    assert_eq!(flock(&f, libc::LOCK_UN), 0);
+                }
+            });
+        }
+    });
+    for m in &c.nodes {
+        let text = String::from_utf8(read(m.p("log"))).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2 * per_node, "lines at {}", m.mnt.display());
+        for i in 0..2 {
+            for k in 0..per_node {
+                assert!(
+                    lines.contains(&format!("node {i} line {k}").as_str()),
+                    "node {i} line {k} missing at {}",
+                    m.mnt.display()
+                );
+            }
         }
     }
     let img = c.stop();

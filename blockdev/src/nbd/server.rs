@@ -98,6 +98,18 @@ impl Fences {
     pub fn is_fenced(&self, id: &str) -> bool {
         *self.entry(id).read().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Every fenced client id, sorted.
+    pub fn fenced(&self) -> Vec<String> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<String> = clients
+            .iter()
+            .filter(|(_, f)| *f.read().unwrap_or_else(|p| p.into_inner()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 /// (peer, client id, a handle on the socket for shutdown)

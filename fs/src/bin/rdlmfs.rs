@@ -29,6 +29,9 @@ struct Cli {
 enum Cmd {
     /// Mount DEVICE (path or nbd://HOST[:PORT]/EXPORT) at MOUNTPOINT.
     Mount(MountArgs),
+    /// A whole cluster on this machine: `rdlmfs cluster up --nodes N --dir DIR`.
+    #[command(subcommand)]
+    Cluster(rdlmfs::up::ClusterCmd),
 }
 
 #[derive(clap::Args, Clone)]
@@ -58,6 +61,11 @@ struct MountArgs {
     /// request takes it (milliseconds; damps ping-pong).
     #[arg(long, value_name = "MS", default_value_t = 10)]
     min_hold_ms: u64,
+    /// The admin socket of the `rdlmfs-nbd` server serving DEVICE: when a
+    /// node dies, the survivor recovering it fences it there first. Without
+    /// it, fencing relies on the lock manager's lease alone.
+    #[arg(long, value_name = "SOCKET", requires = "cluster")]
+    nbd_admin: Option<PathBuf>,
 }
 
 struct Parsed {
@@ -119,7 +127,10 @@ fn main() -> ExitCode {
     } else {
         Cli::parse()
     };
-    let Cmd::Mount(m) = args.cmd;
+    let m = match args.cmd {
+        Cmd::Mount(m) => m,
+        Cmd::Cluster(c) => return rdlmfs::up::main(c),
+    };
     match run_mount(m) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -159,17 +170,31 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
     // SAFETY: blocking signals for this thread (and the threads it starts)
     // so that only sigtimedwait below receives them.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
-    let dev = blockdev::open(&m.device, parsed.mount.read_only)
+    // A cluster node names itself to the NBD server (which may refuse
+    // anonymous clients); this first connection only reads the superblock.
+    let probe_id = m
+        .node
+        .map(|n| format!("superblock-probe/node{n}/{}", std::process::id()));
+    let dev = blockdev::open_as(&m.device, parsed.mount.read_only, probe_id)
         .map_err(|e| format!("{}: {e}", m.device))?;
+    let mut gate = None;
     let (fs, mut joined) = match (&m.cluster, m.node) {
         (Some(file), Some(node)) => {
             let sb = rdlmfs::format::io::read_superblock(&*dev)
                 .map_err(|e| format!("{}: {e}", m.device))?;
             let joined = rdlmfs::cluster::join(file, node, &sb, Duration::from_secs(60))?;
-            tracing::info!(node, slot = joined.slot, jid = joined.jid, lockspace = %joined.lockspace, "joined the cluster");
+            tracing::info!(node, slot = joined.slot, jid = joined.jid, incarnation = joined.incarnation, lockspace = %joined.lockspace, "joined the cluster");
+            // Reconnect under this incarnation's client id, so that the
+            // NBD server can fence exactly this run of this node.
+            drop(dev);
+            let id = rdlmfs::fence::client_id(&joined.cluster, node, joined.incarnation);
+            let dev = blockdev::open_as(&m.device, parsed.mount.read_only, Some(id))
+                .map_err(|e| format!("{}: {e}", m.device))?;
+            let g = rdlmfs::fence::GatedDevice::new(dev);
+            gate = Some(g.clone());
             let mut opts = parsed.mount.clone();
             opts.jid = joined.jid;
-            let fs = Fs::mount_with(dev, opts, joined.proto.clone()).map_err(|e| e.to_string())?;
+            let fs = Fs::mount_with(g, opts, joined.proto.clone()).map_err(|e| e.to_string())?;
             (fs, Some(joined))
         }
         _ => (
@@ -201,7 +226,17 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
     } else {
         Duration::from_secs(1)
     };
-    let session = fuser::Session::new(RdlmFuse::new(shared.clone(), ttl), &mountpoint, &config)
+    let mut fuse_fs = RdlmFuse::new(shared.clone(), ttl);
+    let flocks = joined.as_ref().map(|j| {
+        Arc::new(rdlmfs::flock::Flocks::new(
+            j.dlm.clone(),
+            j.lockspace.clone(),
+        ))
+    });
+    if let Some(f) = &flocks {
+        fuse_fs = fuse_fs.clustered(f.clone());
+    }
+    let session = fuser::Session::new(fuse_fs, &mountpoint, &config)
         .map_err(|e| format!("mount at {}: {e}", mountpoint.display()))?;
     let mut demote_tx = None;
     if let Some(j) = joined.as_mut() {
@@ -221,14 +256,20 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
             .name("rdlmfs-dlm-events".into())
             .spawn(move || rdlmfs::lock_dlm::forward_events(proto, events, tx, other_tx))
             .map_err(|e| format!("event thread: {e}"))?;
+        let failover = rdlmfs::failover::Failover {
+            fs: shared.clone(),
+            glocks: glocks.clone(),
+            dlm: j.dlm.clone(),
+            lockspace: j.lockspace.clone(),
+            cluster: j.cluster.clone(),
+            jid: j.jid,
+            gate: gate.clone().ok_or("cluster mount without an I/O gate")?,
+            nbd_admin: m.nbd_admin.clone(),
+        };
         std::thread::Builder::new()
-            .name("rdlmfs-cluster".into())
-            .spawn(move || {
-                while let Ok(ev) = other_rx.recv() {
-                    tracing::info!(event = ?ev, "lock manager");
-                }
-            })
-            .map_err(|e| format!("event thread: {e}"))?;
+            .name("rdlmfs-failover".into())
+            .spawn(move || failover.run(other_rx))
+            .map_err(|e| format!("failover thread: {e}"))?;
     }
     let background = session
         .spawn()
@@ -277,6 +318,9 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
         Some(fs) => fs.unmount().map_err(|e| format!("unmount: {e}")),
         None => Ok(()),
     };
+    if let Some(f) = &flocks {
+        f.release_all();
+    }
     if let Some(j) = joined {
         // Every glock is released: leave the lockspace and the cluster
         // cleanly, so nobody recovers this node's journal.
@@ -324,6 +368,9 @@ fn detach(m: &MountArgs, mountpoint: &Path) -> Result<(), String> {
             .arg(n.to_string())
             .arg("--min-hold-ms")
             .arg(m.min_hold_ms.to_string());
+        if let Some(a) = &m.nbd_admin {
+            cmd.arg("--nbd-admin").arg(a);
+        }
     }
     let before = mounts_at(mountpoint);
     let mut child = cmd
