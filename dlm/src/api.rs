@@ -32,6 +32,7 @@ use crate::transport::{generation_floor_now, new_incarnation, Incoming, Transpor
 use crate::wire::Message;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -278,11 +279,61 @@ enum Cmd {
     Leave(oneshot::Sender<()>),
 }
 
+/// Whether this node's lease still runs, readable without asking the
+/// driver (a lock-free load): what a file system checks before it trusts
+/// anything it cached under a lock. The driver publishes the lease after
+/// every input. Once the first incarnation's lease ran out or was lost it
+/// stays expired, even after the node rejoins as a new incarnation: what
+/// was cached under the old one must not be used again.
+#[derive(Clone, Debug)]
+pub struct LeaseWatch {
+    start: Instant,
+    /// Milliseconds since `start` the lease runs to; [`LeaseWatch::NOT_YET`]
+    /// before the first lease, [`LeaseWatch::LOST`] once it is gone.
+    deadline: Arc<AtomicU64>,
+}
+
+impl LeaseWatch {
+    const NOT_YET: u64 = u64::MAX;
+    const LOST: u64 = 0;
+
+    fn new(start: Instant) -> LeaseWatch {
+        LeaseWatch {
+            start,
+            deadline: Arc::new(AtomicU64::new(Self::NOT_YET)),
+        }
+    }
+
+    /// This node held a lease and it has run out (or was lost).
+    pub fn expired(&self) -> bool {
+        match self.deadline.load(Ordering::Acquire) {
+            Self::NOT_YET => false,
+            Self::LOST => true,
+            t => self.start.elapsed().as_millis() as u64 >= t,
+        }
+    }
+
+    /// Called by the driver with the member layer's lease (driver ms).
+    fn publish(&self, lease_until: Option<u64>) {
+        let cur = self.deadline.load(Ordering::Acquire);
+        if cur == Self::LOST {
+            return;
+        }
+        match lease_until {
+            // A deadline of 0 would read as lost; it is already past.
+            Some(t) => self.deadline.store(t.max(1), Ordering::Release),
+            None if cur != Self::NOT_YET => self.deadline.store(Self::LOST, Ordering::Release),
+            None => {}
+        }
+    }
+}
+
 /// The async handle. Cheap to clone; the node stops when [`Dlm::leave`]
 /// is called or every clone is dropped.
 #[derive(Clone)]
 pub struct Dlm {
     me: NodeId,
+    lease: LeaseWatch,
     tx: mpsc::UnboundedSender<Cmd>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Added to a caller's timeout for the outer bound: the core reports
@@ -326,13 +377,16 @@ impl Dlm {
         let (tx, rx) = mpsc::unbounded_channel();
         let tick_every = Duration::from_millis((cluster.heartbeat_ms / 4).max(1));
         let grace = Duration::from_millis(cluster.heartbeat_ms.saturating_mul(2).max(50));
+        let start = Instant::now();
+        let lease = LeaseWatch::new(start);
         let d = Driver {
             me,
             alone: cluster.nodes.len() == 1,
             heartbeat_ms: cluster.heartbeat_ms,
             node,
             transport,
-            start: Instant::now(),
+            start,
+            lease: lease.clone(),
             events: ev_tx,
             locks: BTreeMap::new(),
             by_core: BTreeMap::new(),
@@ -346,6 +400,7 @@ impl Dlm {
         Ok((
             Dlm {
                 me,
+                lease,
                 tx,
                 task: Arc::new(Mutex::new(Some(task))),
                 grace,
@@ -356,6 +411,11 @@ impl Dlm {
 
     pub fn node_id(&self) -> NodeId {
         self.me
+    }
+
+    /// This node's lease, readable at any time without a round trip.
+    pub fn lease_watch(&self) -> LeaseWatch {
+        self.lease.clone()
     }
 
     async fn call<T>(
@@ -802,6 +862,7 @@ struct Driver {
     node: Node,
     transport: Transport,
     start: Instant,
+    lease: LeaseWatch,
     events: mpsc::UnboundedSender<DlmEvent>,
     /// By this handle's lock id.
     locks: BTreeMap<u64, Lk>,
@@ -873,6 +934,7 @@ async fn drive(
             },
         }
         d.flush();
+        d.lease.publish(d.node.membership().lease_until());
     }
     // A clean leave when nothing is held: the others drop this node at
     // once instead of treating it as failed.

@@ -18,6 +18,7 @@
 //! once the dead node's writes have stopped.
 
 use blockdev::{BlockDevice, Capabilities, Error as DevError, Result as DevResult};
+use rdlm::api::LeaseWatch;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,19 +42,26 @@ pub fn fence_at_server(admin: &Path, client: &str) -> Result<(), String> {
         })
 }
 
-/// A device whose I/O stops for good once [`GatedDevice::shut`] is called.
+/// A device whose I/O stops for good once [`GatedDevice::shut`] is called
+/// or the node's lease runs out, whichever comes first.
 pub struct GatedDevice {
     inner: Arc<dyn BlockDevice>,
     shut: AtomicBool,
     reason: Mutex<String>,
+    lease: Option<LeaseWatch>,
 }
 
 impl GatedDevice {
-    pub fn new(inner: Arc<dyn BlockDevice>) -> Arc<GatedDevice> {
+    /// `lease`: the lock manager's view of this node's lease, checked
+    /// before every I/O and every operation (a process stopped past its
+    /// lease must not act on anything when it resumes, not even once
+    /// before the lock manager's own thread notices).
+    pub fn new(inner: Arc<dyn BlockDevice>, lease: Option<LeaseWatch>) -> Arc<GatedDevice> {
         Arc::new(GatedDevice {
             inner,
             shut: AtomicBool::new(false),
             reason: Mutex::new(String::new()),
+            lease,
         })
     }
 
@@ -61,7 +69,9 @@ impl GatedDevice {
     /// the device finishes (it started while the lease was valid).
     pub fn shut(&self, reason: &str) {
         *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = reason.to_string();
-        self.shut.store(true, Ordering::SeqCst);
+        if self.shut.swap(true, Ordering::SeqCst) {
+            return;
+        }
         tracing::error!(
             device = self.inner.name(),
             reason,
@@ -70,7 +80,14 @@ impl GatedDevice {
     }
 
     pub fn is_shut(&self) -> bool {
-        self.shut.load(Ordering::SeqCst)
+        if self.shut.load(Ordering::SeqCst) {
+            return true;
+        }
+        if self.lease.as_ref().is_some_and(LeaseWatch::expired) {
+            self.shut("this node's cluster lease ran out");
+            return true;
+        }
+        false
     }
 
     fn gate(&self) -> DevResult<()> {
@@ -130,7 +147,7 @@ mod tests {
         std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
         let dev: Arc<dyn BlockDevice> =
             Arc::new(FileDevice::open(&p, FileOptions::default()).unwrap());
-        let g = GatedDevice::new(dev);
+        let g = GatedDevice::new(dev, None);
         let bs = g.block_size() as usize;
         g.write_at(0, &vec![7; bs]).unwrap();
         g.shut("test");

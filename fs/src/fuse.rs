@@ -129,6 +129,11 @@ pub fn run_retrying<T>(
         let Some(fs) = g.as_mut() else {
             return Err(FsError::Errno(libc::EIO));
         };
+        if fs.is_cut_off() {
+            return Err(FsError::Withdrawn {
+                device: fs.device().name().to_string(),
+            });
+        }
         fs.savepoint();
         match f(fs) {
             Err(FsError::GlockWait { name, mode }) => {

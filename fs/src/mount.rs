@@ -14,6 +14,7 @@
 
 use crate::buf::BufCache;
 use crate::error::{FsError, Result};
+use crate::fence::GatedDevice;
 use crate::format::io::{self, IoError};
 use crate::format::journal::StatfsDelta;
 use crate::format::rgrp::{decode_rindex, BlockState};
@@ -132,6 +133,9 @@ pub struct Fs {
     /// had: recovering a dead node's journal later must not need any glock
     /// but the journal's own (the others wait for that recovery).
     journals: Vec<JournalExtent>,
+    /// A cluster mount's I/O gate: once shut (this node lost the cluster)
+    /// every operation fails, also those cached data could answer.
+    gate: Option<Arc<GatedDevice>>,
     /// The statfs change last written to our statfs_change file.
     written_delta: StatfsDelta,
     /// statfs_change as found at mount (earlier sessions' unfolded changes).
@@ -221,6 +225,7 @@ impl Fs {
             saved: None,
             sys: SysInodes::default(),
             journals: Vec::new(),
+            gate: None,
             written_delta: StatfsDelta::default(),
             base_delta: StatfsDelta::default(),
             last_commit: Instant::now(),
@@ -608,6 +613,19 @@ impl Fs {
 
     pub fn is_withdrawn(&self) -> bool {
         self.withdrawn
+    }
+
+    /// Ties the mount to the I/O gate its device goes through (a cluster
+    /// mount); see [`Fs::is_cut_off`].
+    pub fn set_gate(&mut self, gate: Arc<GatedDevice>) {
+        self.gate = Some(gate);
+    }
+
+    /// This node was fenced off the cluster: nothing it caches can be
+    /// trusted, and nothing may reach the disk. Every operation fails
+    /// until a remount.
+    pub fn is_cut_off(&self) -> bool {
+        self.gate.as_ref().is_some_and(|g| g.is_shut())
     }
 
     /// Commits if the running transaction is large or old.

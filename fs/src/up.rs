@@ -635,6 +635,10 @@ fn start(
         if let Some(ms) = a.min_hold_ms {
             cmd.arg("--min-hold-ms").arg(ms.to_string());
         }
+        if with_admin {
+            // Survivors fence a dead node at the server before replaying.
+            cmd.arg("--nbd-admin").arg(&admin);
+        }
         let log = dir.join(format!("node{id}.log"));
         let proc = Proc::spawn(
             format!("node {id}"),
@@ -936,7 +940,9 @@ impl Running {
                     None => {
                         clean = false;
                         let st = n.proc.kill_and_reap();
-                        detach(&n.mnt);
+                        if mounted_at(&n.mnt) {
+                            detach(&n.mnt);
+                        }
                         format!(
                             "node {}: did not exit within {} s of SIGTERM; killed ({}), mount detached; log {}",
                             n.id,
@@ -976,7 +982,7 @@ impl Running {
         say(format!(
             "  {}; image and logs kept in {}",
             if clean {
-                "every node unmounted cleanly"
+                "every node started unmounted cleanly"
             } else {
                 "NOT every node unmounted cleanly"
             },

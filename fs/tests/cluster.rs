@@ -546,3 +546,242 @@ fn flock_is_cluster_wide() {
     let findings = fsck(&img);
     assert!(findings.is_empty(), "fsck: {findings:?}");
 }
+
+#[test]
+fn renames_across_directories_from_two_nodes_at_once_lose_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let c = start(&t, 2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    std::fs::create_dir(a.p("A")).unwrap();
+    std::fs::create_dir(a.p("B")).unwrap();
+    let n = 30;
+    for k in 0..n {
+        std::fs::write(a.p(&format!("A/a{k}")), format!("a{k}")).unwrap();
+        std::fs::write(b.p(&format!("B/b{k}")), format!("b{k}")).unwrap();
+    }
+    // Files cross over in opposite directions from the two nodes at once.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for k in 0..n {
+                std::fs::rename(a.p(&format!("A/a{k}")), a.p(&format!("B/a{k}")))
+                    .unwrap_or_else(|e| panic!("a: rename a{k}: {e}"));
+            }
+        });
+        s.spawn(|| {
+            for k in 0..n {
+                std::fs::rename(b.p(&format!("B/b{k}")), b.p(&format!("A/b{k}")))
+                    .unwrap_or_else(|e| panic!("b: rename b{k}: {e}"));
+            }
+        });
+    });
+    for m in [a, b] {
+        let list = |d: &str| {
+            let mut v: Vec<String> = std::fs::read_dir(m.p(d))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let mut want_a: Vec<String> = (0..n).map(|k| format!("b{k}")).collect();
+        let mut want_b: Vec<String> = (0..n).map(|k| format!("a{k}")).collect();
+        want_a.sort();
+        want_b.sort();
+        assert_eq!(list("A"), want_a, "A at {}", m.mnt.display());
+        assert_eq!(list("B"), want_b, "B at {}", m.mnt.display());
+        assert_eq!(read(m.p("B/a7")), b"a7");
+        assert_eq!(read(m.p("A/b7")), b"b7");
+    }
+    // Two directories moved into each other from two nodes at once: one
+    // move wins, the other is refused; never a loop cut off from the root.
+    for round in 0..5 {
+        let (x, y) = (format!("X{round}"), format!("Y{round}"));
+        std::fs::create_dir(a.p(&x)).unwrap();
+        std::fs::create_dir(a.p(&y)).unwrap();
+        let (ra, rb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| std::fs::rename(a.p(&x), a.p(&format!("{y}/{x}"))));
+            let hb = s.spawn(|| std::fs::rename(b.p(&y), b.p(&format!("{x}/{y}"))));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        assert!(
+            ra.is_ok() != rb.is_ok(),
+            "round {round}: exactly one move may win: {ra:?} {rb:?}"
+        );
+        for m in [a, b] {
+            let top = if ra.is_ok() { &y } else { &x };
+            assert!(
+                m.p(top).is_dir(),
+                "round {round}: {top} at {}",
+                m.mnt.display()
+            );
+        }
+    }
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
+
+/// A shared mapping of `len` bytes of `f`.
+struct Map {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Map {
+    fn new(f: &std::fs::File, len: usize, write: bool) -> Map {
+        use std::os::fd::AsRawFd;
+        let prot = libc::PROT_READ | if write { libc::PROT_WRITE } else { 0 };
+        // SAFETY: mapping a file we hold open; unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            ptr,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        Map {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+    fn bytes(&self) -> Vec<u8> {
+        // SAFETY: the mapping is `len` bytes long and lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len).to_vec() }
+    }
+    fn write(&self, data: &[u8]) {
+        assert!(data.len() <= self.len);
+        // SAFETY: as above; the mapping is writable.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr, data.len()) };
+        // SAFETY: as above.
+        let r = unsafe { libc::msync(self.ptr.cast(), self.len, libc::MS_SYNC) };
+        assert_eq!(r, 0, "msync: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what new() mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+#[test]
+fn memory_mapped_reads_and_writes_are_coherent_across_nodes() {
+    let t = tempfile::tempdir().unwrap();
+    let c = start(&t, 2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let len = 3 * 4096;
+    std::fs::write(a.p("m"), vec![b'1'; len]).unwrap();
+    // b maps the file and reads it.
+    let fb = std::fs::File::open(b.p("m")).unwrap();
+    let mb = Map::new(&fb, len, false);
+    assert_eq!(mb.bytes(), vec![b'1'; len]);
+    // A write on a: b's existing mapping shows it, and so does a new one.
+    let mut v2 = vec![b'2'; len];
+    v2[5000] = b'x';
+    std::fs::write(a.p("m"), &v2).unwrap();
+    assert_eq!(mb.bytes(), v2, "b's mapping after a's write");
+    assert_eq!(Map::new(&fb, len, false).bytes(), v2);
+    // A store through a's mapping, msync'd, is read on b.
+    let fa = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a.p("m"))
+        .unwrap();
+    let ma = Map::new(&fa, len, true);
+    ma.write(b"mapped write on a");
+    assert_eq!(&read(b.p("m"))[..17], b"mapped write on a");
+    assert_eq!(&mb.bytes()[..17], b"mapped write on a");
+    // And back: a write on b shows in a's mapping.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(b.p("m"))
+            .unwrap();
+        f.write_all_at(b"from b", 8192).unwrap();
+    }
+    assert_eq!(&ma.bytes()[8192..8198], b"from b");
+    drop((ma, mb, fa, fb));
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
+
+#[test]
+fn a_node_stopped_past_its_lease_is_fenced_and_writes_nothing_when_it_resumes() {
+    let t = tempfile::tempdir().unwrap();
+    let mut c = start(&t, 3);
+    let v1 = b"version 1, fsync'd on node 3".to_vec();
+    let v2 = b"version 2, written on node 3, not fsync'd".to_vec();
+    let v3 = b"version 3, from node 1 while node 3 was away".to_vec();
+    std::fs::create_dir(c.nodes[2].p("p")).unwrap();
+    {
+        let f = std::fs::File::create(c.nodes[2].p("p/f")).unwrap();
+        use std::io::Write;
+        (&f).write_all(&v1).unwrap();
+        f.sync_all().unwrap();
+    }
+    std::fs::write(c.nodes[2].p("p/f"), &v2).unwrap();
+    // Node 3 freezes holding the file's glock: to the others it is gone.
+    c.nodes[2].signal(libc::SIGSTOP);
+    let p1 = c.nodes[0].p("p/f");
+    let seen = within(
+        Duration::from_secs(60),
+        "reading on node 1 after node 3 froze",
+        move || std::fs::read(p1),
+    )
+    .expect("read on node 1");
+    assert!(
+        seen == v1 || seen == v2,
+        "after recovery: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    std::fs::write(c.nodes[0].p("p/f"), &v3).unwrap();
+    std::fs::write(c.nodes[0].p("p/g"), b"g").unwrap();
+    let fenced = c.nbd.fences().fenced();
+    assert!(
+        fenced.iter().any(|id| id.starts_with("t/node3/")),
+        "node 3 not fenced at the server: {fenced:?}"
+    );
+
+    // Node 3 wakes up: its lease ran out, so everything fails and nothing
+    // it had pending reaches the disk.
+    c.nodes[2].signal(libc::SIGCONT);
+    let p3 = c.nodes[2].p("p/f");
+    let r = within(
+        Duration::from_secs(60),
+        "reading on node 3 after it resumed",
+        move || std::fs::read(p3),
+    );
+    assert_eq!(errno_of(r), libc::EIO, "a read on the fenced node");
+    let w = std::fs::write(c.nodes[2].p("p/h"), b"h");
+    assert_eq!(errno_of(w), libc::EIO, "a create on the fenced node");
+    let log3 = std::fs::read_to_string(&c.nodes[2].log).unwrap();
+    assert!(
+        log3.contains("fenced"),
+        "node 3's log says nothing of being fenced"
+    );
+    // Give node 3 time to try whatever it had pending, then check the
+    // survivors see only their own writes.
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..2 {
+        assert_eq!(read(c.nodes[i].p("p/f")), v3, "p/f on node {}", i + 1);
+        assert_eq!(read(c.nodes[i].p("p/g")), b"g");
+        assert!(!c.nodes[i].p("p/h").exists());
+    }
+    // It must be remounted: kill it (it cannot unmount cleanly).
+    c.nodes.remove(2).kill();
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}

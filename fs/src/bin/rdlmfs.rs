@@ -190,11 +190,13 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
             let id = rdlmfs::fence::client_id(&joined.cluster, node, joined.incarnation);
             let dev = blockdev::open_as(&m.device, parsed.mount.read_only, Some(id))
                 .map_err(|e| format!("{}: {e}", m.device))?;
-            let g = rdlmfs::fence::GatedDevice::new(dev);
+            let g = rdlmfs::fence::GatedDevice::new(dev, Some(joined.dlm.dlm().lease_watch()));
             gate = Some(g.clone());
             let mut opts = parsed.mount.clone();
             opts.jid = joined.jid;
-            let fs = Fs::mount_with(g, opts, joined.proto.clone()).map_err(|e| e.to_string())?;
+            let mut fs =
+                Fs::mount_with(g.clone(), opts, joined.proto.clone()).map_err(|e| e.to_string())?;
+            fs.set_gate(g);
             (fs, Some(joined))
         }
         _ => (

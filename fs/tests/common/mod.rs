@@ -216,6 +216,13 @@ impl Mounted {
         }
     }
 
+    /// Sends `sig` to the server process (by its PID).
+    pub fn signal(&self, sig: i32) {
+        let c = self.child.as_ref().expect("running");
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(c.id() as i32, sig) };
+    }
+
     /// A crash: SIGKILL, then the kernel's side of the mount is detached.
     /// Nothing is unmounted cleanly.
     pub fn kill(mut self) {
