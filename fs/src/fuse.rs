@@ -92,6 +92,16 @@ impl RdlmFuse {
     /// the reply, the same way.
     fn with<T>(&self, mut f: impl FnMut(&mut Fs) -> Result<T, FsError>) -> Result<T, Errno> {
         let r = self.retrying(&mut f);
+        // Unlinked inodes other nodes still have open, whether or not `f`
+        // succeeded (it may have failed after queueing one).
+        let waits = self
+            .lock()
+            .as_mut()
+            .map(|fs| fs.take_delete_waits())
+            .unwrap_or_default();
+        if !waits.is_empty() {
+            spawn_delete_waiters(&self.fs, waits);
+        }
         if r.is_ok() {
             let mut doomed = false;
             if let Some(fs) = self.lock().as_ref() {
@@ -113,6 +123,42 @@ impl RdlmFuse {
 
     fn retrying<T>(&self, f: &mut impl FnMut(&mut Fs) -> Result<T, FsError>) -> Result<T, FsError> {
         run_retrying(&self.fs, f)
+    }
+}
+
+/// Starts a delete waiter for each of `inos` (see `iopen.rs`): it waits,
+/// with the file system let go, until every other node closed the inode,
+/// then frees it. Also for the mount process (inodes found at mount).
+pub fn spawn_delete_waiters(shared: &Arc<Mutex<Option<Fs>>>, inos: Vec<u64>) {
+    let Some(glocks) = shared
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .map(|fs| fs.glocks().clone())
+    else {
+        return;
+    };
+    for ino in inos {
+        let shared = shared.clone();
+        let glocks = glocks.clone();
+        let r = std::thread::Builder::new()
+            .name("rdlmfs-delete".into())
+            .spawn(move || {
+                let name = GlockName::iopen(ino);
+                if let Err(e) = glocks.acquire(name, crate::glock::GlockMode::Exclusive) {
+                    tracing::error!(ino, error = %e, "waiting to free an unlinked inode");
+                    return;
+                }
+                let r = run_retrying(&shared, &mut |fs: &mut Fs| {
+                    fs.free_unlinked_when_closed(ino)
+                });
+                if let Err(e) = r {
+                    tracing::error!(ino, error = %e, "freeing an unlinked inode after its last close elsewhere");
+                }
+            });
+        if let Err(e) = r {
+            tracing::error!(ino, error = %e, "cannot start a delete waiter; the inode stays on the unlinked list");
+        }
     }
 }
 
@@ -853,7 +899,7 @@ impl Filesystem for RdlmFuse {
                 Ok(a) => {
                     // The creator may open what it created whatever the
                     // mode says.
-                    fs.opened_by_create(a.ino);
+                    fs.opened_by_create(a.ino)?;
                     Ok((file_attr(fs, &a), a.generation))
                 }
                 // Another node made the name after this kernel looked it

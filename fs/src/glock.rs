@@ -394,6 +394,14 @@ impl Glocks {
         Ok(())
     }
 
+    /// Keeps a held glock until [`Glocks::release`]: demote requests for
+    /// it are ignored (an iopen glock while the file is open here).
+    pub fn pin(&self, name: GlockName) {
+        if let Some(e) = self.table().entries.get_mut(&name) {
+            e.pinned = true;
+        }
+    }
+
     /// When `name` was last granted (the minimum hold time counts from
     /// it).
     pub fn granted_at(&self, name: GlockName) -> Option<Instant> {

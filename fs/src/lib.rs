@@ -17,7 +17,8 @@
 //! - [`fuse`]: the FUSE adapter; [`cluster`]: joining the cluster for a
 //!   `lock_dlm` mount; [`fence`]: keeping a dead or cut-off node off the
 //!   disk; [`failover`]: recovering a dead node's journal while mounted;
-//!   [`flock`]: flock(2) across the cluster;
+//!   [`flock`]: flock(2) across the cluster; [`iopen`]: who may free an
+//!   unlinked inode in a cluster;
 //! - [`up`]: `rdlmfs cluster up`, a whole cluster on one machine.
 
 pub mod acl;
@@ -35,6 +36,7 @@ pub mod fuse;
 pub mod glock;
 pub mod glops;
 pub mod inode;
+pub mod iopen;
 pub mod lock_dlm;
 pub mod log;
 pub mod mount;

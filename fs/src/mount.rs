@@ -125,6 +125,9 @@ pub struct Fs {
     /// large file takes several transactions, which an operation that may
     /// be undone and run again must not contain).
     pub(crate) doomed: BTreeSet<u64>,
+    /// Unlinked inodes of ours that another node still has open: freed
+    /// by a delete waiter once it gets their iopen glock (`iopen.rs`).
+    pub(crate) delete_waits: BTreeSet<u64>,
     /// `unlinked` and `doomed` at the savepoint.
     saved: Option<(BTreeSet<u64>, BTreeSet<u64>)>,
     pub(crate) opts: MountOptions,
@@ -222,6 +225,7 @@ impl Fs {
             opens: HashMap::new(),
             unlinked: BTreeSet::new(),
             doomed: BTreeSet::new(),
+            delete_waits: BTreeSet::new(),
             saved: None,
             sys: SysInodes::default(),
             journals: Vec::new(),
@@ -459,6 +463,8 @@ impl Fs {
                 Ok(()) => {
                     self.doomed.remove(&ino);
                     self.end_change()?;
+                    // Held Exclusive to prove nobody had it open.
+                    self.glocks.release(GlockName::iopen(ino))?;
                 }
                 Err(e) => {
                     if e.is_fatal() {
@@ -545,7 +551,12 @@ impl Fs {
             match self.rgrps.state(&mut self.cache, &*self.dev, ino)? {
                 Some(BlockState::Unlinked) => {
                     self.unlinked.insert(ino);
+                    if !self.may_free_unlinked(ino)? {
+                        // Open on another node: a delete waiter frees it.
+                        continue;
+                    }
                     self.destroy_inode(ino)?;
+                    self.glocks.release(GlockName::iopen(ino))?;
                     n += 1;
                     self.maybe_commit()?;
                 }
@@ -802,9 +813,16 @@ impl Fs {
         }
         let open: Vec<u64> = self.unlinked.iter().copied().collect();
         for ino in open {
-            self.opens.remove(&ino);
-            self.doomed.insert(ino);
+            if self.opens.remove(&ino).is_some() {
+                self.iopen_on_last_close(ino)?;
+            }
+            // Open on another node: it stays on our list for the next
+            // mount of this journal.
+            if self.may_free_unlinked(ino)? {
+                self.doomed.insert(ino);
+            }
         }
+        self.delete_waits.clear();
         self.free_doomed()?;
         self.fold_statfs()?;
         self.commit()

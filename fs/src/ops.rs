@@ -536,7 +536,7 @@ impl Fs {
             .set_state(&mut self.cache, &*self.dev, ino, 1, BlockState::Unlinked)?;
         self.unlinked.insert(ino);
         self.write_unlinked_list()?;
-        if self.opens.get(&ino).copied().unwrap_or(0) == 0 {
+        if self.opens.get(&ino).copied().unwrap_or(0) == 0 && self.may_free_unlinked(ino)? {
             self.doomed.insert(ino);
         }
         Ok(())
@@ -884,21 +884,26 @@ impl Fs {
             want |= MAY_WRITE;
         }
         self.may(ino, &di, cred, want)?;
+        self.iopen_on_first_open(ino)?;
         *self.opens.entry(ino).or_insert(0) += 1;
         Ok(())
     }
 
     /// The creator of a file has it open without an open() call.
-    pub(crate) fn opened_by_create(&mut self, ino: u64) {
+    pub(crate) fn opened_by_create(&mut self, ino: u64) -> Result<()> {
+        self.iopen_on_first_open(ino)?;
         *self.opens.entry(ino).or_insert(0) += 1;
+        Ok(())
     }
 
     /// The last close of an unlinked file frees it.
     pub fn release(&mut self, ino: u64) -> Result<()> {
         let n = self.opens.get(&ino).copied().unwrap_or(0);
         if n <= 1 {
-            self.opens.remove(&ino);
-            if self.unlinked.contains(&ino) {
+            if self.opens.remove(&ino).is_some() {
+                self.iopen_on_last_close(ino)?;
+            }
+            if self.unlinked.contains(&ino) && self.may_free_unlinked(ino)? {
                 self.doomed.insert(ino);
                 if !self.glocks.is_clustered() {
                     self.check_writable()?;

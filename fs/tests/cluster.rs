@@ -785,3 +785,55 @@ fn a_node_stopped_past_its_lease_is_fenced_and_writes_nothing_when_it_resumes() 
     let findings = fsck(&img);
     assert!(findings.is_empty(), "fsck: {findings:?}");
 }
+
+#[test]
+fn an_unlinked_file_open_on_another_node_lives_until_its_last_close() {
+    use std::io::{Read, Seek, Write};
+    let t = tempfile::tempdir().unwrap();
+    let c = start(&t, 2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let free_before = statvfs(&a.mnt).f_bfree;
+    let body: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(a.p("f"), &body).unwrap();
+    // b opens it; a removes its only name.
+    let mut fb = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(b.p("f"))
+        .unwrap();
+    std::fs::remove_file(a.p("f")).unwrap();
+    assert!(!a.p("f").exists());
+    assert!(!b.p("f").exists());
+    // b still reads and writes the whole file through its descriptor.
+    let mut got = Vec::new();
+    fb.read_to_end(&mut got).unwrap();
+    assert!(
+        got == body,
+        "the open file changed after its unlink elsewhere"
+    );
+    fb.seek(std::io::SeekFrom::Start(0)).unwrap();
+    fb.write_all(b"still mine").unwrap();
+    fb.seek(std::io::SeekFrom::Start(0)).unwrap();
+    let mut head = [0u8; 10];
+    fb.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"still mine");
+    assert!(
+        statvfs(&a.mnt).f_bfree + 512 < free_before,
+        "the blocks were freed while b had the file open"
+    );
+    // b's last close lets a free it.
+    drop(fb);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while statvfs(&a.mnt).f_bfree + 16 < free_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unlinked file was not freed after its last close ({} free, {} before)",
+            statvfs(&a.mnt).f_bfree,
+            free_before
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}

@@ -207,6 +207,15 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
     let root = fs.root();
     let glocks = fs.glocks().clone();
     let shared = Arc::new(Mutex::new(Some(fs)));
+    // Unlinked inodes left by an earlier run that other nodes still have
+    // open: freed once they close them.
+    let waits = shared
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+        .map(|fs| fs.take_delete_waits())
+        .unwrap_or_default();
+    rdlmfs::fuse::spawn_delete_waiters(&shared, waits);
     let mut config = fuser::Config::default();
     let mut opts = vec![
         fuser::MountOption::FSName(m.device.clone()),
