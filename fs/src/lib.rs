@@ -19,6 +19,7 @@
 //!   disk; [`failover`]: recovering a dead node's journal while mounted;
 //!   [`flock`]: flock(2) across the cluster; [`iopen`]: who may free an
 //!   unlinked inode in a cluster;
+//! - [`status`]: `rdlmfs status`, a mount's report over its socket;
 //! - [`up`]: `rdlmfs cluster up`, a whole cluster on one machine.
 
 pub mod acl;
@@ -43,6 +44,7 @@ pub mod mount;
 pub mod ops;
 pub mod recovery;
 pub mod rgrp;
+pub mod status;
 pub mod up;
 pub mod xattr;
 

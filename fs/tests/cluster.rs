@@ -837,3 +837,57 @@ fn an_unlinked_file_open_on_another_node_lives_until_its_last_close() {
     let findings = fsck(&img);
     assert!(findings.is_empty(), "fsck: {findings:?}");
 }
+
+#[test]
+fn status_reports_members_slots_glocks_and_caches() {
+    let t = tempfile::tempdir().unwrap();
+    let c = start(&t, 2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    std::fs::write(a.p("s"), b"status").unwrap();
+    assert_eq!(read(b.p("s")), b"status");
+    let status = |m: &Mounted| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rdlmfs"))
+            .arg("status")
+            .arg(&m.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let sa = status(a);
+    assert!(sa.contains("locking:  lock_dlm"), "{sa}");
+    assert!(sa.contains("quorate"), "{sa}");
+    assert!(!sa.contains("NOT quorate"), "{sa}");
+    assert!(sa.contains("node 1   slot 1   journal 0"), "{sa}");
+    assert!(sa.contains("node 2   slot 2   journal 1"), "{sa}");
+    assert!(
+        sa.contains("lockspace: t:fs (this node's journal: 0)"),
+        "{sa}"
+    );
+    assert!(sa.contains("Journal/0                Exclusive"), "{sa}");
+    assert!(sa.contains("metadata blocks"), "{sa}");
+    let sb = status(b);
+    assert!(
+        sb.contains("lockspace: t:fs (this node's journal: 1)"),
+        "{sb}"
+    );
+    assert!(sb.contains("Inode/"), "{sb}");
+    // Not an rdlmfs mount: a clear error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rdlmfs"))
+        .arg("status")
+        .arg(t.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing is mounted at"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{sa}");
+    c.stop();
+}

@@ -29,6 +29,9 @@ struct Cli {
 enum Cmd {
     /// Mount DEVICE (path or nbd://HOST[:PORT]/EXPORT) at MOUNTPOINT.
     Mount(MountArgs),
+    /// What the mount at MOUNTPOINT is doing: members, quorum, journal
+    /// slots, glocks held, cache hit rates.
+    Status { mountpoint: PathBuf },
     /// A whole cluster on this machine: `rdlmfs cluster up --nodes N --dir DIR`.
     #[command(subcommand)]
     Cluster(rdlmfs::up::ClusterCmd),
@@ -130,6 +133,18 @@ fn main() -> ExitCode {
     let m = match args.cmd {
         Cmd::Mount(m) => m,
         Cmd::Cluster(c) => return rdlmfs::up::main(c),
+        Cmd::Status { mountpoint } => {
+            return match rdlmfs::status::query(&mountpoint) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rdlmfs status: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
     };
     match run_mount(m) {
         Ok(()) => ExitCode::SUCCESS,
@@ -286,6 +301,29 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("serve {}: {e}", mountpoint.display()))?;
     tracing::info!(device = %m.device, mountpoint = %mountpoint.display(), "serving");
+    let status = rdlmfs::status::Source {
+        fs: shared.clone(),
+        glocks: glocks.clone(),
+        mountpoint: mountpoint.clone(),
+        device: m.device.clone(),
+        cluster: match (&joined, &flocks, &gate) {
+            (Some(j), Some(f), Some(g)) => Some(rdlmfs::status::ClusterSource {
+                dlm: j.dlm.clone(),
+                lockspace: j.lockspace.clone(),
+                jid: j.jid,
+                flocks: f.clone(),
+                gate: g.clone(),
+            }),
+            _ => None,
+        },
+    };
+    let status_socket = match status.serve() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(error = %e, "no status socket: `rdlmfs status` will not answer for this mount");
+            None
+        }
+    };
     println!("mounted {} at {}", m.device, mountpoint.display());
     let _ = std::io::stdout().flush();
 
@@ -319,6 +357,9 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
         {
             tracing::error!(error = %e, "unmount: freeing and folding failed");
         }
+    }
+    if let Some(p) = &status_socket {
+        rdlmfs::status::remove_socket(p);
     }
     let fs = shared.lock().unwrap_or_else(PoisonError::into_inner).take();
     drop(demote_tx);
