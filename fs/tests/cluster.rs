@@ -891,3 +891,56 @@ fn status_reports_members_slots_glocks_and_caches() {
     eprintln!("{sa}");
     c.stop();
 }
+
+#[test]
+fn two_nodes_writing_one_file_at_once_both_land() {
+    use std::os::unix::fs::FileExt;
+    let t = tempfile::tempdir().unwrap();
+    let c = start(&t, 2);
+    let blocks = 64u64;
+    std::fs::write(c.nodes[0].p("w"), vec![0u8; (blocks * 4096) as usize]).unwrap();
+    // Both read it first (both hold it Shared), then write their own
+    // blocks at once: every write converts Shared to Exclusive.
+    for m in &c.nodes {
+        assert_eq!(read(m.p("w")).len(), (blocks * 4096) as usize);
+    }
+    let rounds = 5;
+    std::thread::scope(|s| {
+        for (i, m) in c.nodes.iter().enumerate() {
+            let p = m.p("w");
+            s.spawn(move || {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&p)
+                    .unwrap();
+                for r in 0..rounds {
+                    for b in (i as u64..blocks).step_by(2) {
+                        let fill = vec![(1 + i + 2 * r) as u8; 4096];
+                        f.write_all_at(&fill, b * 4096)
+                            .unwrap_or_else(|e| panic!("node {} block {b} round {r}: {e}", i + 1));
+                        let mut back = vec![0u8; 100];
+                        f.read_exact_at(&mut back, b * 4096 + 7).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    for m in &c.nodes {
+        let data = read(m.p("w"));
+        for b in 0..blocks {
+            let i = (b % 2) as usize;
+            let want = (1 + i + 2 * (rounds - 1)) as u8;
+            assert!(
+                data[(b * 4096) as usize..((b + 1) * 4096) as usize]
+                    .iter()
+                    .all(|x| *x == want),
+                "block {b} at {}",
+                m.mnt.display()
+            );
+        }
+    }
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
