@@ -67,13 +67,24 @@ impl RdlmFuse {
         self
     }
 
-    /// How a file opened with `flags` is served. In a cluster an O_APPEND
-    /// file is direct I/O: the kernel would place each append at the size
-    /// it cached when the file was opened, which another node may have
-    /// grown since; the file system appends at the real end instead, and
-    /// pages at the kernel's guessed offset must not be cached.
+    /// How a file opened with `flags` is served. In a cluster a file
+    /// opened for writing is direct I/O (reads through it too):
+    ///
+    /// - a buffered write holds the kernel's page locks while it waits for
+    ///   the inode's glock; if another node's request makes this node's
+    ///   demote worker invalidate the same pages meanwhile, the
+    ///   invalidation waits for those locks, and the glock the write waits
+    ///   for is never given up (two nodes writing one file deadlocked);
+    /// - the kernel would place an O_APPEND write at the size it cached
+    ///   when the file was opened, which another node may have grown
+    ///   since; the file system appends at the real end instead.
+    ///
+    /// Read-only opens keep the page cache (demotes invalidate it), and a
+    /// direct-I/O file can still be mapped (FUSE_DIRECT_IO_ALLOW_MMAP).
     fn open_flags(&self, flags: i32) -> FopenFlags {
-        if self.cluster && flags & libc::O_APPEND != 0 {
+        let acc = flags & libc::O_ACCMODE;
+        let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if self.cluster && (writes || flags & libc::O_APPEND != 0) {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
@@ -362,6 +373,16 @@ impl Filesystem for RdlmFuse {
                 tracing::warn!(
                     "the kernel cannot pass flock to the file system: flocks stay node-local"
                 );
+            }
+        }
+        if self.cluster {
+            // Files open for writing are direct I/O in a cluster (see
+            // open_flags); they must still be mappable.
+            if config
+                .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+                .is_err()
+            {
+                tracing::warn!("the kernel cannot mmap direct-I/O files: mmap of a file open for writing fails on this mount");
             }
         }
         Ok(())

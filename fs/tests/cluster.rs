@@ -44,6 +44,15 @@ fn free_ports(n: u16) -> u16 {
 /// A cluster file for `n` nodes with test timings and fresh certificates.
 fn cluster_file(dir: &Path, n: u32) -> PathBuf {
     let base = free_ports(n as u16);
+    let addrs = (0..n)
+        .map(|i| format!("127.0.0.1:{}", u32::from(base) + i))
+        .collect();
+    cluster_file_at(dir, addrs)
+}
+
+/// A cluster file for nodes 1.. at `addrs`.
+fn cluster_file_at(dir: &Path, addrs: Vec<String>) -> PathBuf {
+    let n = addrs.len() as u32;
     let name = "t";
     let (ca_cert, ca_key) = rdlm::tls::generate_ca(name).expect("CA");
     std::fs::write(dir.join("ca.pem"), &ca_cert).unwrap();
@@ -57,7 +66,7 @@ fn cluster_file(dir: &Path, n: u32) -> PathBuf {
         std::fs::write(&k, key).unwrap();
         nodes.push(NodeConfig {
             id,
-            address: format!("127.0.0.1:{}", u32::from(base) + id - 1),
+            address: addrs[(id - 1) as usize].clone(),
             cert: c,
             key: k,
         });
@@ -82,10 +91,64 @@ struct Cluster {
     nbd: ServerHandle,
     img: PathBuf,
     nodes: Vec<Mounted>,
+    _watchdog: Watchdog,
+}
+
+/// How long one cluster test may run before its mount processes are
+/// killed: a hang must fail the test (its FUSE calls then fail), not stall
+/// the whole suite.
+const WATCHDOG: Duration = Duration::from_secs(240);
+
+/// Kills the given mount processes (by PID) and detaches their mounts if
+/// the test is still running after [`WATCHDOG`].
+struct Watchdog {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    fn start(nodes: &[Mounted]) -> Watchdog {
+        let targets: Vec<(u32, PathBuf, PathBuf)> = nodes
+            .iter()
+            .filter_map(|m| m.pid().map(|p| (p, m.mnt.clone(), m.log.clone())))
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG) {
+                eprintln!(
+                    "cluster test still running after {WATCHDOG:?}: killing its mount processes"
+                );
+                for (pid, mnt, log) in &targets {
+                    eprintln!("  pid {pid} at {} (log {})", mnt.display(), log.display());
+                    // SAFETY: signalling a mount process this test started.
+                    unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                    if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
+                        // SAFETY: a valid NUL-terminated path.
+                        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                    }
+                }
+            }
+        });
+        Watchdog { stop: Some(tx) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Formats a lock_dlm image, serves it, mounts `n` nodes.
 fn start(t: &tempfile::TempDir, n: u32) -> Cluster {
+    start_net(t, n, None)
+}
+
+/// [`start`]; with `cut`, the last node runs in its own network namespace
+/// and everything else talks over the host end of its veth pair, so that
+/// pulling that link cuts the node off from the cluster and the disk.
+fn start_net(t: &tempfile::TempDir, n: u32, cut: Option<&NetCut>) -> Cluster {
     let img = t.path().join("fs.img");
     std::fs::File::create(&img)
         .unwrap()
@@ -105,7 +168,10 @@ fn start(t: &tempfile::TempDir, n: u32) -> Cluster {
     let nbd = server::start(
         dev,
         ServerConfig {
-            tcp: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            tcp: Some(match cut {
+                Some(c) => SocketAddr::new(c.host_ip.parse().expect("host address"), 0),
+                None => SocketAddr::from(([127, 0, 0, 1], 0)),
+            }),
             admin: Some(t.path().join("nbd.admin")),
             require_client_id: true,
             handshake_timeout: Duration::from_secs(10),
@@ -113,14 +179,27 @@ fn start(t: &tempfile::TempDir, n: u32) -> Cluster {
         },
     )
     .expect("start the NBD server");
-    let uri = format!(
-        "nbd://127.0.0.1:{}/",
-        nbd.tcp_addr().expect("bound address").port()
-    );
-    let cf = cluster_file(t.path(), n);
+    let uri = format!("nbd://{}/", nbd.tcp_addr().expect("bound address"));
+    let cf = match cut {
+        None => cluster_file(t.path(), n),
+        Some(c) => {
+            let base = u32::from(free_ports(n as u16));
+            let addrs = (1..=n)
+                .map(|id| {
+                    let ip = if id == n { &c.ns_ip } else { &c.host_ip };
+                    format!("{ip}:{}", base + id - 1)
+                })
+                .collect();
+            cluster_file_at(t.path(), addrs)
+        }
+    };
     let mut nodes: Vec<Mounted> = (1..=n)
         .map(|id| {
-            Mounted::spawn_args(
+            let spawn = |dev: &str, mnt: &Path, log: &Path, args: &[String]| match cut {
+                Some(c) if id == n => Mounted::spawn_in_netns(&c.ns, dev, mnt, log, args),
+                _ => Mounted::spawn_args(dev, mnt, log, args),
+            };
+            spawn(
                 &uri,
                 &t.path().join(format!("node{id}")),
                 &t.path().join(format!("node{id}.log")),
@@ -137,16 +216,22 @@ fn start(t: &tempfile::TempDir, n: u32) -> Cluster {
             )
         })
         .collect();
+    let watchdog = Watchdog::start(&nodes);
     for m in &mut nodes {
         m.wait_mounted(JOIN);
     }
-    Cluster { nbd, img, nodes }
+    Cluster {
+        nbd,
+        img,
+        nodes,
+        _watchdog: watchdog,
+    }
 }
 
 impl Cluster {
-    fn stop(self) -> PathBuf {
+    fn stop(mut self) -> PathBuf {
         let img = self.img.clone();
-        for m in self.nodes {
+        for m in std::mem::take(&mut self.nodes) {
             m.stop();
         }
         img
@@ -197,6 +282,28 @@ fn two_nodes_see_each_others_changes_at_once() {
     std::fs::rename(b.p("d/x"), b.p("y")).unwrap();
     assert!(!a.p("d/x").exists());
     assert_eq!(read(a.p("y")), b"x");
+    // The same node: its read-only opens' cached pages see its own
+    // writes (which are direct I/O in a cluster).
+    std::fs::write(a.p("same"), b"cached first").unwrap();
+    assert_eq!(read(a.p("same")), b"cached first");
+    {
+        use std::os::unix::fs::FileExt;
+        let ro = std::fs::File::open(a.p("same")).unwrap();
+        let mut buf = [0u8; 12];
+        ro.read_exact_at(&mut buf, 0).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(a.p("same"))
+            .unwrap()
+            .write_all_at(b"CACHED", 0)
+            .unwrap();
+        ro.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(
+            &buf, b"CACHED first",
+            "a read-only open after a write on the same node"
+        );
+    }
+    assert_eq!(read(b.p("same")), b"CACHED first");
     std::fs::remove_file(a.p("y")).unwrap();
     assert!(!b.p("y").exists());
     assert_eq!(
@@ -940,6 +1047,156 @@ fn two_nodes_writing_one_file_at_once_both_land() {
             );
         }
     }
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
+
+/// A network namespace with a veth pair to the host, removed on drop.
+struct NetCut {
+    ns: String,
+    host_if: String,
+    ns_if: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetCut {
+    fn new() -> NetCut {
+        let tag = std::process::id() % 10_000;
+        let sub = 16 + (std::process::id() % 200);
+        let c = NetCut {
+            ns: format!("rdlmfs-t{tag}"),
+            host_if: format!("rdv{tag}h"),
+            ns_if: format!("rdv{tag}n"),
+            host_ip: format!("10.231.{sub}.1"),
+            ns_ip: format!("10.231.{sub}.2"),
+        };
+        ip(&["netns", "add", &c.ns]);
+        ip(&[
+            "link", "add", &c.host_if, "type", "veth", "peer", "name", &c.ns_if,
+        ]);
+        ip(&["link", "set", &c.ns_if, "netns", &c.ns]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", c.host_ip),
+            "dev",
+            &c.host_if,
+        ]);
+        ip(&["link", "set", &c.host_if, "up"]);
+        ip(&[
+            "-n",
+            &c.ns,
+            "addr",
+            "add",
+            &format!("{}/24", c.ns_ip),
+            "dev",
+            &c.ns_if,
+        ]);
+        ip(&["-n", &c.ns, "link", "set", &c.ns_if, "up"]);
+        ip(&["-n", &c.ns, "link", "set", "lo", "up"]);
+        c
+    }
+
+    /// Pulls (or puts back) the node's end of the link.
+    fn set_link(&self, up: bool) {
+        ip(&[
+            "-n",
+            &self.ns,
+            "link",
+            "set",
+            &self.ns_if,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for NetCut {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+    }
+}
+
+#[test]
+fn a_node_cut_off_by_its_network_is_fenced_and_the_others_go_on() {
+    let cut = NetCut::new();
+    let t = tempfile::tempdir().unwrap();
+    let mut c = start_net(&t, 3, Some(&cut));
+    // Node 3 writes and fsyncs, then writes more without fsync.
+    std::fs::create_dir(c.nodes[2].p("n3")).unwrap();
+    for k in 0..10 {
+        let f = std::fs::File::create(c.nodes[2].p(&format!("n3/f{k}"))).unwrap();
+        use std::io::Write;
+        (&f).write_all(format!("fsync'd {k}").as_bytes()).unwrap();
+        f.sync_all().unwrap();
+    }
+    std::fs::write(c.nodes[2].p("n3/f0"), b"not fsync'd").unwrap();
+    let cut_at = unix_ms();
+    cut.set_link(false);
+    // The others go on: node 3's files are served again, its fsync'd data
+    // is all there.
+    for i in 0..2 {
+        let dir = c.nodes[i].p("n3");
+        within(
+            Duration::from_secs(60),
+            "reading node 3's files after the cut",
+            move || {
+                let f0 = std::fs::read(dir.join("f0")).unwrap();
+                assert!(f0 == b"fsync'd 0" || f0 == b"not fsync'd", "f0: {f0:?}");
+                for k in 1..10 {
+                    assert_eq!(
+                        std::fs::read(dir.join(format!("f{k}"))).unwrap(),
+                        format!("fsync'd {k}").as_bytes()
+                    );
+                }
+            },
+        );
+    }
+    eprintln!(
+        "network cut: files served again after {} ms",
+        unix_ms() - cut_at
+    );
+    std::fs::write(c.nodes[0].p("n3/f1"), b"changed while node 3 was away").unwrap();
+    let fenced = c.nbd.fences().fenced();
+    assert!(
+        fenced.iter().any(|id| id.starts_with("t/node3/")),
+        "node 3 not fenced at the server: {fenced:?}"
+    );
+    // The link comes back: node 3 has lost its lease and does nothing.
+    cut.set_link(true);
+    let p3 = c.nodes[2].p("n3/f1");
+    let r = within(
+        Duration::from_secs(60),
+        "reading on node 3 after the link came back",
+        move || std::fs::read(p3),
+    );
+    assert_eq!(errno_of(r), libc::EIO, "a read on the cut-off node");
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..2 {
+        assert_eq!(
+            read(c.nodes[i].p("n3/f1")),
+            b"changed while node 3 was away"
+        );
+    }
+    c.nodes.remove(2).kill();
     let img = c.stop();
     let findings = fsck(&img);
     assert!(findings.is_empty(), "fsck: {findings:?}");

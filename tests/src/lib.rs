@@ -12,6 +12,7 @@
 //!
 //! The shared-disk tests of the `blockdev` crate live beside that crate.
 
+pub mod cluster;
 pub mod fsx;
 pub mod mount;
 pub mod stress;

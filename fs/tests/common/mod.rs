@@ -158,6 +158,39 @@ impl Mounted {
         }
     }
 
+    /// [`Mounted::spawn_args`] with the server in network namespace `ns`
+    /// (`nsenter --net`, which execs: the child's PID is the server's).
+    /// Only the network is separate: the mount is visible here.
+    pub fn spawn_in_netns(
+        ns: &str,
+        dev: impl AsRef<OsStr>,
+        mnt: &Path,
+        log: &Path,
+        args: &[String],
+    ) -> Mounted {
+        std::fs::create_dir_all(mnt).unwrap();
+        let mnt = mnt.canonicalize().unwrap();
+        let out = std::fs::File::create(log).expect("create the mount log");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_rdlmfs"))
+            .arg("mount")
+            .arg(dev.as_ref())
+            .arg(&mnt)
+            .arg("--foreground")
+            .args(args)
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .stdin(Stdio::null());
+        let child = cmd.spawn().expect("start rdlmfs under nsenter");
+        Mounted {
+            child: Some(child),
+            mnt,
+            log: log.to_path_buf(),
+        }
+    }
+
     /// Waits (bounded by `timeout`) until the kernel shows the mount.
     pub fn wait_mounted(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -214,6 +247,11 @@ impl Mounted {
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
         }
+    }
+
+    /// The server's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Sends `sig` to the server process (by its PID).
