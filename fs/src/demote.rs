@@ -141,7 +141,9 @@ impl Worker {
     /// Runs one demote; false if the glock had a request in flight and
     /// the demote must be tried again later.
     fn demote(&self, name: GlockName, wanted: GlockMode) -> bool {
-        let held = match self.glocks.begin_demote(name) {
+        let claim = self.glocks.begin_demote(name);
+        tracing::debug!(glock = %name, ?wanted, ?claim, "demote");
+        let held = match claim {
             DemoteClaim::NotHeld => return true,
             DemoteClaim::Busy => return false,
             DemoteClaim::Claimed(m) => m,

@@ -298,7 +298,9 @@ impl Glocks {
             }
             e.busy = true;
             drop(g);
+            tracing::debug!(glock = %name, ?mode, "asking the lock manager");
             let r = self.proto.lock(name, mode);
+            tracing::debug!(glock = %name, ?mode, ok = r.is_ok(), "lock manager answered");
             g = lock.lock().unwrap_or_else(PoisonError::into_inner);
             let t = &mut *g;
             let e = t.entries.entry(name).or_default();

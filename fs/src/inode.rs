@@ -86,6 +86,7 @@ impl Fs {
     /// Frees an inode with no links: its data, tree, xattrs and dinode.
     /// Splits a large file over several transactions.
     pub(crate) fn destroy_inode(&mut self, ino: u64) -> Result<()> {
+        tracing::debug!(ino, "destroying inode");
         let mut di = self.dinode(ino)?;
         if di.is_exhash() {
             // Leaves, then the hash table's tree, in this transaction: a

@@ -459,6 +459,7 @@ impl Fs {
                 return e(libc::EEXIST);
             }
             let kind = di.file_type().unwrap_or(FileType::Regular);
+            tracing::debug!(ino, nlink = di.nlink, version = di.version, "link");
             fs.dir_add(parent, name, ino, kind)?;
             let t = now();
             di.nlink += 1;
@@ -498,6 +499,7 @@ impl Fs {
         };
         self.ex(&[parent, ino])?;
         let mut di = self.dinode(ino)?;
+        tracing::debug!(ino, parent, name = %String::from_utf8_lossy(name), nlink = di.nlink, version = di.version, "remove");
         if dir && !di.is_dir() {
             return e(libc::ENOTDIR);
         }
@@ -532,6 +534,7 @@ impl Fs {
     /// crash cannot leak it) and is freed after this operation, or when
     /// the last opener closes.
     fn drop_last_link(&mut self, ino: u64) -> Result<()> {
+        tracing::debug!(ino, "last link dropped");
         self.rgrps
             .set_state(&mut self.cache, &*self.dev, ino, 1, BlockState::Unlinked)?;
         self.unlinked.insert(ino);
@@ -669,6 +672,12 @@ impl Fs {
                 return e(libc::EEXIST);
             }
             let mut tdi = self.dinode(tino)?;
+            tracing::debug!(
+                tino,
+                nlink = tdi.nlink,
+                version = tdi.version,
+                "rename over target"
+            );
             if !Fs::sticky_ok(&npd, &tdi, cred) {
                 return e(libc::EPERM);
             }
