@@ -200,6 +200,11 @@ impl BufCache {
 
     /// A block was freed: drop every cached copy and, if the log still
     /// holds an image of it, revoke that image.
+    /// The cached bytes of `blkno` as the running transaction has them.
+    pub fn current_data(&self, blkno: u64) -> Option<Box<[u8]>> {
+        self.bufs.get(&blkno).map(|b| b.data.clone())
+    }
+
     pub fn forget(&mut self, blkno: u64) {
         self.remember(blkno);
         self.bufs.remove(&blkno);

@@ -709,6 +709,14 @@ impl Fs {
         let (images, revokes) = self.cache.transaction();
         log.commit(&*self.dev, &images, &revokes, delta)?;
         drop(images);
+        // Freed dinodes, now committed free, show link count 0 on disk
+        // before the blocks can be reused (see Rgrps::take_dead_dinodes).
+        let bs = u64::from(self.geo.block_size);
+        for (addr, data) in self.rgrps.take_dead_dinodes() {
+            self.dev
+                .write_at(addr * bs, &data)
+                .map_err(|e| FsError::Io(IoError::Device(e)))?;
+        }
         self.cache.committed();
         self.rgrps.committed();
         if self.saved.is_some() {

@@ -131,11 +131,14 @@ impl Fs {
         if self.glocks.is_clustered() {
             // Checking the bitmap would take the rgrp glock from whoever
             // allocates there. The inode glock covers the dinode: a block
-            // that is no dinode any more, or one nobody links or opens, is
-            // a file another node deleted.
+            // that is no dinode any more (freed and reused), or one nobody
+            // links or opens (freed: its last contents are written with
+            // link count 0, see Rgrps::take_dead_dinodes), is a file
+            // another node deleted — gone, as a path lookup would find it.
             let di = match self.dinode(ino) {
                 Err(FsError::Io(crate::format::io::IoError::Format { .. })) => {
-                    return e(libc::ESTALE)
+                    self.inodes.remove(&ino);
+                    return e(libc::ENOENT);
                 }
                 r => r?,
             };

@@ -42,9 +42,14 @@ pub struct Rgrps {
     /// The rgrp this node allocates from first (spread by journal id so
     /// nodes do not contend).
     home: usize,
-    /// Since the savepoint: blocks added to `pending_free`, and `delta`
-    /// as it was (see [`crate::buf`]'s savepoints).
-    savepoint: Option<(Vec<u64>, StatfsDelta)>,
+    /// Dinode blocks freed by the running transaction, with their last
+    /// contents (link count 0), written in place once it commits (in a
+    /// cluster; see [`Rgrps::take_dead_dinodes`]).
+    dead_dinodes: Vec<(u64, Box<[u8]>)>,
+    /// Since the savepoint: blocks added to `pending_free`, how many
+    /// `dead_dinodes` there were, and `delta` as it was (see
+    /// [`crate::buf`]'s savepoints).
+    savepoint: Option<(Vec<u64>, usize, StatfsDelta)>,
     glocks: Glocks,
 }
 
@@ -67,6 +72,7 @@ impl Rgrps {
             pending_free: HashSet::new(),
             delta: StatfsDelta::default(),
             home,
+            dead_dinodes: Vec::new(),
             savepoint: None,
             glocks,
         }
@@ -317,8 +323,15 @@ impl Rgrps {
                     l.hdr.free += 1;
                     self.delta.free += 1;
                     if self.pending_free.insert(a) {
-                        if let Some((added, _)) = self.savepoint.as_mut() {
+                        if let Some((added, _, _)) = self.savepoint.as_mut() {
                             added.push(a);
+                        }
+                    }
+                    if matches!(from, BlockState::Dinode | BlockState::Unlinked)
+                        && self.glocks.is_clustered()
+                    {
+                        if let Some(data) = cache.current_data(a) {
+                            self.dead_dinodes.push((a, data));
                         }
                     }
                     cache.forget(a);
@@ -351,7 +364,7 @@ impl Rgrps {
 
     /// Starts recording what changes do here, so they can be undone.
     pub fn savepoint(&mut self) {
-        self.savepoint = Some((Vec::new(), self.delta));
+        self.savepoint = Some((Vec::new(), self.dead_dinodes.len(), self.delta));
     }
 
     pub fn release_savepoint(&mut self) {
@@ -361,15 +374,16 @@ impl Rgrps {
     /// Undoes the allocator's changes since the savepoint (the buffer
     /// cache undoes the blocks; loaded rgrps are read again from it).
     pub fn rollback(&mut self) {
-        let Some((added, delta)) = self.savepoint.take() else {
+        let Some((added, dead, delta)) = self.savepoint.take() else {
             return;
         };
         for a in added {
             self.pending_free.remove(&a);
         }
+        self.dead_dinodes.truncate(dead);
         self.delta = delta;
         self.loaded.clear();
-        self.savepoint = Some((Vec::new(), self.delta));
+        self.savepoint = Some((Vec::new(), self.dead_dinodes.len(), self.delta));
     }
 
     /// How many blocks the running transaction freed (not reusable before
@@ -381,9 +395,22 @@ impl Rgrps {
     /// The running transaction committed: its freed blocks may be reused.
     pub fn committed(&mut self) {
         self.pending_free.clear();
+        self.dead_dinodes.clear();
         if self.savepoint.is_some() {
-            self.savepoint = Some((Vec::new(), self.delta));
+            self.savepoint = Some((Vec::new(), 0, self.delta));
         }
+    }
+
+    /// The dinodes the committing transaction freed, with their last
+    /// contents. In a cluster the caller writes them in place after the
+    /// commit, before anyone may reuse the blocks: a freed dinode leaves
+    /// the cache unwritten (it gets a revoke), so the disk would still
+    /// show it linked, and another node that was handed its number a
+    /// moment before (a lookup racing the unlink) would take the freed
+    /// block for a live inode and link or change it. With link count 0 on
+    /// disk that node sees a file that is gone.
+    pub fn take_dead_dinodes(&mut self) -> Vec<(u64, Box<[u8]>)> {
+        std::mem::take(&mut self.dead_dinodes)
     }
 
     pub fn delta(&self) -> StatfsDelta {
@@ -394,7 +421,7 @@ impl Rgrps {
     pub fn folded(&mut self) {
         self.delta = StatfsDelta::default();
         if self.savepoint.is_some() {
-            self.savepoint = Some((Vec::new(), self.delta));
+            self.savepoint = Some((Vec::new(), self.dead_dinodes.len(), self.delta));
         }
     }
 }

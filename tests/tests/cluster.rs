@@ -149,15 +149,11 @@ fn fsx_one_file_through_three_nodes() {
     fsx_through_every_node(3, 10_000, 20262);
 }
 
-/// Fails today in about one run of three (a bug in the file system, not
-/// in this test): under concurrent renames, links and unlinks from several
-/// nodes a name can outlive its inode (fsck: "link count 2 but 3 directory
-/// entries", or an entry naming a freed block, ESTALE). The write/demote
-/// deadlock this test found first is fixed (files open for writing are
-/// direct I/O in a cluster). Run it with `--ignored` to reproduce; the
-/// same bug is `fs/tests/cluster.rs`'s ignored churn test.
+/// Concurrent creates, links, renames, unlinks and writes from three
+/// nodes; every node shows the same tree at the end. (It found the
+/// write/demote deadlock and a freed dinode that other nodes still took
+/// for a live one; both are fixed.)
 #[test]
-#[ignore = "fs bug: names and link counts drift apart under concurrent rename/link/unlink from several nodes (intermittent)"]
 fn meta_stress_across_three_nodes_shows_one_tree() {
     let c = cluster(3, CONCURRENT_MIN_HOLD_MS);
     std::fs::create_dir(c.mountpoint(1).join("meta")).expect("mkdir on node 1");
