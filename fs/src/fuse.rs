@@ -127,6 +127,10 @@ impl RdlmFuse {
         r.map_err(|e| {
             if e.is_fatal() {
                 tracing::error!(error = %e, "request failed");
+            } else if !matches!(e, FsError::Errno(_)) {
+                // A lock manager error, or a glock wait that escaped its
+                // retry loop: the caller sees EIO, so say why.
+                tracing::warn!(error = %e, "request failed");
             }
             Errno::from_i32(e.errno())
         })

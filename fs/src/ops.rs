@@ -135,6 +135,15 @@ impl Fs {
             // links or opens (freed: its last contents are written with
             // link count 0, see Rgrps::take_dead_dinodes), is a file
             // another node deleted — gone, as a path lookup would find it.
+            // What this node itself freed (the on-disk copy shows link
+            // count 0 only once that commits) it knows from its own
+            // bitmaps: a request racing the unlink here must not revive it.
+            if let Some(st) = self.rgrps.known_state(ino) {
+                if !matches!(st, BlockState::Dinode | BlockState::Unlinked) {
+                    self.inodes.remove(&ino);
+                    return e(libc::ENOENT);
+                }
+            }
             let di = match self.dinode(ino) {
                 Err(FsError::Io(crate::format::io::IoError::Format { .. })) => {
                     self.inodes.remove(&ino);

@@ -134,6 +134,19 @@ impl Rgrps {
         }
     }
 
+    /// The state of `addr` as far as this node knows without asking
+    /// anyone: from an rgrp it has loaded (so holds the glock of), with
+    /// blocks the running transaction freed counted as free. None when
+    /// the rgrp is not loaded here.
+    pub fn known_state(&self, addr: u64) -> Option<BlockState> {
+        if self.pending_free.contains(&addr) {
+            return Some(BlockState::Free);
+        }
+        let i = self.index_of(addr)?;
+        let l = self.loaded.get(&i)?;
+        l.bits.get((addr - l.hdr.data0) as u32)
+    }
+
     fn glock(&self, i: usize, mode: GlockMode) -> Result<()> {
         self.glocks
             .hold(GlockName::rgrp(self.entries[i].addr), mode)
@@ -236,6 +249,7 @@ impl Rgrps {
             l.rotor = first + count;
             self.delta.free -= i64::from(count);
             let addr = l.hdr.data0 + u64::from(first);
+            tracing::debug!(addr, count, ?state, "allocated");
             let bits: Vec<u32> = (first..first + count).collect();
             self.log_change(cache, i, &bits)?;
             return Ok((addr, count, generation));
@@ -343,6 +357,7 @@ impl Rgrps {
                 BlockState::Unlinked => l.hdr.unlinked += 1,
                 BlockState::Data => {}
             }
+            tracing::debug!(addr = a, ?from, ?to, "block state");
             l.bits.set(b, to);
             bits.push(b);
         }
