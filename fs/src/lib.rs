@@ -19,6 +19,8 @@
 //!   disk; [`failover`]: recovering a dead node's journal while mounted;
 //!   [`flock`]: flock(2) across the cluster; [`iopen`]: who may free an
 //!   unlinked inode in a cluster;
+//! - [`process`]: termination signals and the kernel's mount tables, for
+//!   the mount process and `cluster up`;
 //! - [`status`]: `rdlmfs status`, a mount's report over its socket;
 //! - [`up`]: `rdlmfs cluster up`, a whole cluster on one machine.
 
@@ -42,6 +44,7 @@ pub mod lock_dlm;
 pub mod log;
 pub mod mount;
 pub mod ops;
+pub mod process;
 pub mod recovery;
 pub mod rgrp;
 pub mod status;

@@ -13,9 +13,11 @@ use crate::fence::GatedDevice;
 use crate::flock::Flocks;
 use crate::glock::Glocks;
 use crate::mount::Fs;
+use crate::process::unescape_mount_field;
 use rdlm::api::BlockingDlm;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, TryLockError};
@@ -43,30 +45,12 @@ pub fn mount_device(mountpoint: &Path) -> Result<String, String> {
     let mut found = None;
     for line in info.lines() {
         let f: Vec<&str> = line.split(' ').collect();
-        if f.len() > 4 && unescape(f[4]) == want.as_os_str().to_string_lossy() {
+        if f.len() > 4 && unescape_mount_field(f[4]) == want.as_os_str().as_bytes() {
             // The last mount at a path is the one on top.
             found = Some(f[2].to_string());
         }
     }
     found.ok_or_else(|| format!("nothing is mounted at {}", want.display()))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The status socket of the mount with device number `dev`.
@@ -288,14 +272,6 @@ pub fn remove_socket(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape(r"/mnt/a\040b"), "/mnt/a b");
-        assert_eq!(unescape(r"/mnt/x\134y"), r"/mnt/x\y");
-        assert_eq!(unescape(r"/plain"), "/plain");
-        assert_eq!(unescape(r"/end\04"), r"/end\04");
-    }
 
     #[test]
     fn socket_names_come_from_the_device_number() {

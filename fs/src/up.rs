@@ -25,6 +25,7 @@
 //! cluster file only through `rdlm::config`. It never signals a process
 //! it did not start, and never unmounts anything outside `DIR`.
 
+use crate::process::{mounts_at, termination_signals, unescape_mount_field, wait_signal};
 use blockdev::{FileDevice, FileOptions};
 use rdlm::config::{ClusterConfig, NodeConfig};
 use std::ffi::CString;
@@ -253,7 +254,7 @@ fn refuse_running(dir: &Path) -> Result<(), String> {
         let Some(m) = l.split_whitespace().nth(1) else {
             continue;
         };
-        let m = unescape_mount(m);
+        let m = unescape_mount_field(m);
         if m.len() > prefix.len() && m.starts_with(prefix) && m[prefix.len()] == b'/' {
             return Err(format!(
                 "{} already holds a running cluster: {} is mounted (stop that cluster first, or use another --dir)",
@@ -296,36 +297,6 @@ fn read_pid(p: &Path) -> Option<i32> {
         .parse::<i32>()
         .ok()
         .filter(|&p| p > 0)
-}
-
-/// /proc/self/mounts writes space, tab, newline and backslash as \ooo.
-fn unescape_mount(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-fn mounted_at(p: &Path) -> bool {
-    let want = p.as_os_str().as_bytes();
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .any(|m| unescape_mount(m) == want)
 }
 
 /// Lazy unmount (`umount -l`) of a node's mountpoint.
@@ -722,7 +693,7 @@ fn wait_nbd(nbd: &mut Proc, signals: &libc::sigset_t) -> Result<u16, String> {
 fn wait_mounted(n: &mut Node, signals: &libc::sigset_t) -> Result<(), String> {
     let deadline = Instant::now() + MOUNT_WAIT;
     loop {
-        if mounted_at(&n.mnt) {
+        if mounts_at(&n.mnt) > 0 {
             return Ok(());
         }
         if let Some(sig) = wait_signal(signals, Duration::from_millis(20)) {
@@ -861,7 +832,7 @@ impl Running {
                         n.proc.pid(),
                         n.proc.log.display()
                     ));
-                    if mounted_at(&n.mnt) {
+                    if mounts_at(&n.mnt) > 0 {
                         // Its FUSE mount is dead (ENOTCONN): detach it.
                         detach(&n.mnt);
                         tracing::info!(node = n.id, mountpoint = %n.mnt.display(), "detached the dead node's mount");
@@ -917,12 +888,12 @@ impl Running {
                 )
             } else {
                 match n.proc.wait_until(deadline) {
-                    Some(st) if st.success() && !mounted_at(&n.mnt) => {
+                    Some(st) if st.success() && !mounts_at(&n.mnt) > 0 => {
                         format!("node {}: unmounted cleanly", n.id)
                     }
                     Some(st) => {
                         clean = false;
-                        let still = mounted_at(&n.mnt);
+                        let still = mounts_at(&n.mnt) > 0;
                         if still {
                             detach(&n.mnt);
                         }
@@ -940,7 +911,7 @@ impl Running {
                     None => {
                         clean = false;
                         let st = n.proc.kill_and_reap();
-                        if mounted_at(&n.mnt) {
+                        if mounts_at(&n.mnt) > 0 {
                             detach(&n.mnt);
                         }
                         format!(
@@ -1001,28 +972,6 @@ impl Drop for Running {
     }
 }
 
-fn termination_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise the set we own.
-    unsafe {
-        let mut s: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut s);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut s, sig);
-        }
-        s
-    }
-}
-
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
-    };
-    // SAFETY: set is initialised; a null siginfo pointer is allowed.
-    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
-    (sig > 0).then_some(sig)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1038,12 +987,5 @@ mod tests {
         assert!(parse_size("4X").is_err());
         assert!(parse_size("G").is_err());
         assert!(parse_size("99999999999T").is_err());
-    }
-
-    #[test]
-    fn mount_escapes() {
-        assert_eq!(unescape_mount("/a\\040b"), b"/a b");
-        assert_eq!(unescape_mount("/a\\\\"), b"/a\\\\");
-        assert_eq!(unescape_mount("/plain"), b"/plain");
     }
 }

@@ -11,6 +11,7 @@
 
 use clap::{Parser, Subcommand};
 use rdlmfs::fuse::RdlmFuse;
+use rdlmfs::process::{mounts_at, termination_signals, wait_signal};
 use rdlmfs::{AtimeMode, Fs, MountOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -444,39 +445,6 @@ fn detach(m: &MountArgs, mountpoint: &Path) -> Result<(), String> {
     let _ = child.kill();
     let _ = child.wait();
     Err(format!("no mount at {} after 30 s", mountpoint.display()))
-}
-
-fn mounts_at(p: &Path) -> usize {
-    let want = p.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mounts")
-        .map(|s| {
-            s.lines()
-                .filter(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-fn termination_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise the set we own.
-    unsafe {
-        let mut s: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut s);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut s, sig);
-        }
-        s
-    }
-}
-
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
-    };
-    // SAFETY: set is initialised; a null siginfo pointer is allowed.
-    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
-    (sig > 0).then_some(sig)
 }
 
 fn unmount(mountpoint: &Path) {
