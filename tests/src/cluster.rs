@@ -673,10 +673,11 @@ fn abort_fuse_connection(p: &Path) {
         return;
     };
     let ctl = Path::new("/sys/fs/fuse/connections");
-    if !ctl.join(minor.to_string()).exists() && ctl.is_dir() {
-        let (src, dir, fstype) = (c"fusectl", c"/sys/fs/fuse/connections", c"fusectl");
+    let (src, dir, fstype) = (c"fusectl", c"/sys/fs/fuse/connections", c"fusectl");
+    let mounted_here = !ctl.join(minor.to_string()).exists()
+        && ctl.is_dir()
         // SAFETY: valid NUL-terminated strings and no data.
-        unsafe {
+        && unsafe {
             libc::mount(
                 src.as_ptr(),
                 dir.as_ptr(),
@@ -684,9 +685,13 @@ fn abort_fuse_connection(p: &Path) {
                 0,
                 std::ptr::null(),
             )
-        };
-    }
+        } == 0;
     let _ = std::fs::write(ctl.join(minor.to_string()).join("abort"), "1");
+    if mounted_here {
+        // Leave the machine as we found it.
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(dir.as_ptr(), 0) };
+    }
 }
 
 /// The minor device number of the mount at `p`, from /proc/self/mountinfo
@@ -701,31 +706,12 @@ fn mount_minor(p: &Path) -> Option<u32> {
             let mut f = l.split(' ');
             let dev = f.nth(2)?;
             let target = f.nth(1)?;
-            if unescape(target.as_bytes()) != want {
+            if crate::mount::unescape(target.as_bytes()) != want {
                 return None;
             }
             dev.split(':').nth(1)?.parse().ok()
         })
         .next_back()
-}
-
-/// Undoes the octal escapes (`\040` for a space, ...) of the mount tables.
-fn unescape(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        match field.get(i + 1..i + 4) {
-            Some(d) if field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) => {
-                out.push(d.iter().fold(0u8, |v, c| (v << 3) | (c - b'0')));
-                i += 4;
-            }
-            _ => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Lazy unmount (`umount -l`); errors are ignored, callers check the table.
@@ -777,7 +763,6 @@ mod tests {
         let d = make_temp_dir("rdlmfs-cluster-unit-").unwrap();
         assert_eq!(mount_minor(&d), None);
         std::fs::remove_dir(&d).unwrap();
-        assert_eq!(unescape(br"/a\040b"), b"/a b");
     }
 
     #[test]

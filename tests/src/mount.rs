@@ -236,8 +236,8 @@ pub fn fuse_mounts_at(mountpoint: &Path) -> io::Result<usize> {
         .count())
 }
 
-/// Undoes the octal escapes (`\040` for a space, ...) of the mount table.
-fn unescape(field: &[u8]) -> Vec<u8> {
+/// Undoes the octal escapes (`\040` for a space, ...) of the mount tables.
+pub(crate) fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
