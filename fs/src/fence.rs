@@ -21,7 +21,7 @@ use blockdev::{BlockDevice, Capabilities, Error as DevError, Result as DevResult
 use rdlm::api::LeaseWatch;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 /// The NBD client id of one incarnation of a node. A new incarnation (a
 /// remount) gets a new id, so a fenced one never needs to be unfenced.
@@ -47,7 +47,6 @@ pub fn fence_at_server(admin: &Path, client: &str) -> Result<(), String> {
 pub struct GatedDevice {
     inner: Arc<dyn BlockDevice>,
     shut: AtomicBool,
-    reason: Mutex<String>,
     lease: Option<LeaseWatch>,
 }
 
@@ -60,7 +59,6 @@ impl GatedDevice {
         Arc::new(GatedDevice {
             inner,
             shut: AtomicBool::new(false),
-            reason: Mutex::new(String::new()),
             lease,
         })
     }
@@ -68,7 +66,6 @@ impl GatedDevice {
     /// No I/O from now on; every call fails as fenced. I/O already inside
     /// the device finishes (it started while the lease was valid).
     pub fn shut(&self, reason: &str) {
-        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = reason.to_string();
         if self.shut.swap(true, Ordering::SeqCst) {
             return;
         }

@@ -390,9 +390,7 @@ impl Glocks {
     /// ignored.
     pub fn acquire_pinned(&self, name: GlockName, mode: GlockMode) -> Result<()> {
         self.acquire(name, mode)?;
-        if let Some(e) = self.table().entries.get_mut(&name) {
-            e.pinned = true;
-        }
+        self.pin(name);
         Ok(())
     }
 
