@@ -228,11 +228,12 @@ impl BufCache {
     }
 
     /// Puts every block touched since the savepoint back as it was, and
-    /// starts a new savepoint there.
-    pub fn rollback(&mut self) {
+    /// starts a new savepoint there. Returns those blocks.
+    pub fn rollback(&mut self) -> Vec<u64> {
         let Some(before) = self.savepoint.replace(HashMap::new()) else {
-            return;
+            return Vec::new();
         };
+        let touched: Vec<u64> = before.keys().copied().collect();
         for (b, st) in before {
             match st.data {
                 Some(data) => {
@@ -260,6 +261,7 @@ impl BufCache {
                 }
             }
         }
+        touched
     }
 
     /// Records `blkno`'s state the first time the change in progress

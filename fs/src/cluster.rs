@@ -11,6 +11,7 @@ use crate::format::superblock::{LockProto, LockTable, Superblock};
 use crate::lock_dlm::LockDlm;
 use rdlm::api::{BlockingDlm, DlmOptions, Events};
 use rdlm::config::ClusterConfig;
+use rdlm::LsOptions;
 use rdlm::NodeId;
 use std::path::Path;
 use std::sync::Arc;
@@ -77,8 +78,15 @@ pub fn join(
     )
     .map_err(|e| format!("starting the lock manager: {e}"))?;
     let lockspace = sb.lock_table.clone();
-    dlm.join_lockspace(&lockspace)
-        .map_err(|e| format!("joining lockspace {lockspace:?}: {e}"))?;
+    // The file system's own LVB length, whatever the cluster file's
+    // default: every node of every version that can mount it agrees.
+    dlm.join_lockspace_with(
+        &lockspace,
+        LsOptions {
+            lvb_len: crate::lvb::LVB_LEN,
+        },
+    )
+    .map_err(|e| format!("joining lockspace {lockspace:?}: {e}"))?;
     let deadline = Instant::now() + timeout;
     let (slot, incarnation) = loop {
         let st = dlm

@@ -38,8 +38,10 @@ use std::time::{Duration, Instant};
 /// The kernel's caches of a glock's inode (the FUSE notifier).
 pub trait KernelCaches: Send + Sync {
     /// Invalidates the kernel's pages and attributes of what `name`
-    /// covers. Must not be called with the file system held.
-    fn invalidate(&self, name: GlockName);
+    /// covers; for an inode glock, `generation` is the inode's (the kernel
+    /// knows it by its formal number). Must not be called with the file
+    /// system held.
+    fn invalidate(&self, name: GlockName, generation: Option<u64>);
 }
 
 /// Rounds of step 3–5 before a demote goes ahead although the glock was
@@ -153,6 +155,7 @@ impl Worker {
             _ => None,
         };
         let kernel = to.is_none() && name.kind == GlockKind::Inode;
+        let mut generation = None;
         let mut pass = 0;
         loop {
             pass += 1;
@@ -162,15 +165,18 @@ impl Worker {
                 self.glocks.abort_demote(name);
                 return true;
             };
-            if !self.write_back(fs, name, held, to) {
-                return true;
+            if kernel && generation.is_none() {
+                generation = fs.inode_generation(name.number);
             }
+            let Some(mut lvb) = self.write_back(fs, name, held, to) else {
+                return true;
+            };
             if kernel {
                 // Steps 4 and 5: the kernel's caches, without the file
                 // system; again if an operation used the glock meanwhile.
                 let uses = self.glocks.uses(name);
                 drop(g);
-                self.kernel.invalidate(name);
+                self.kernel.invalidate(name, generation);
                 g = self.fs.lock().unwrap_or_else(PoisonError::into_inner);
                 if self.glocks.uses(name) != uses {
                     if pass < MAX_PASSES {
@@ -182,11 +188,12 @@ impl Worker {
                     self.glocks.abort_demote(name);
                     return true;
                 };
-                if !self.write_back(fs, name, held, to) {
+                let Some(again) = self.write_back(fs, name, held, to) else {
                     return true;
-                }
+                };
+                lvb = again;
             }
-            if let Err(e) = self.glocks.finish_demote(name, to, None) {
+            if let Err(e) = self.glocks.finish_demote(name, to, lvb) {
                 tracing::error!(glock = %name, error = %e, "demote failed at the lock manager");
             }
             drop(g);
@@ -195,24 +202,30 @@ impl Worker {
     }
 
     /// Step 3: writes back what `name` covers and, if it is going away,
-    /// drops this node's caches of it. False (and the demote abandoned)
-    /// if the write-back failed: the glock must stay, or another node
-    /// would read what never reached the disk.
+    /// drops this node's caches of it. Returns the LVB an Exclusive holder
+    /// leaves (`lvb.rs`; None: an empty one). None (and the demote
+    /// abandoned) if the write-back failed: the glock must stay, or
+    /// another node would read what never reached the disk.
     fn write_back(
         &self,
         fs: &mut Fs,
         name: GlockName,
         held: GlockMode,
         to: Option<GlockMode>,
-    ) -> bool {
+    ) -> Option<Option<Vec<u8>>> {
         if let Err(e) = fs.go_sync(name, held) {
             tracing::error!(glock = %name, error = %e, "cannot write back for a demote; keeping the glock");
             self.glocks.abort_demote(name);
-            return false;
+            return None;
         }
+        let lvb = match (name.kind, held) {
+            (GlockKind::Inode, GlockMode::Exclusive) => fs.inode_lvb(name.number),
+            _ => None,
+        };
+        tracing::debug!(glock = %name, lvb = ?lvb.as_ref().and_then(|b| crate::lvb::InodeLvb::decode(b)), "demote LVB");
         if to.is_none() {
             fs.go_inval(name);
         }
-        true
+        Some(lvb)
     }
 }

@@ -98,7 +98,8 @@ impl Fs {
         Ok(chain)
     }
 
-    /// Finds `name` in directory `dir`.
+    /// Finds `name` in directory `dir`: the formal number of the inode it
+    /// names (see [`crate::format::formal_ino`]) and its type.
     pub(crate) fn dir_lookup(&mut self, dir: u64, name: &[u8]) -> Result<Option<(u64, FileType)>> {
         let di = self.dinode(dir)?;
         if !di.is_dir() {
@@ -110,26 +111,27 @@ impl Fs {
                 .linear_entries(dir, &di)?
                 .into_iter()
                 .find(|e| e.hash == hash && e.name == name)
-                .map(|e| (e.inode, e.kind)));
+                .map(|e| (e.formal, e.kind)));
         }
         for (_, l) in self.leaf_chain(dir, &di, hash)? {
             if let Some(e) = l.entries.iter().find(|e| e.hash == hash && e.name == name) {
-                return Ok(Some((e.inode, e.kind)));
+                return Ok(Some((e.formal, e.kind)));
             }
         }
         Ok(None)
     }
 
-    /// Adds `name` → `ino` (the caller made sure the name is free).
+    /// Adds `name` → the inode of formal number `formal` (the caller made
+    /// sure the name is free).
     pub(crate) fn dir_add(
         &mut self,
         dir: u64,
         name: &[u8],
-        ino: u64,
+        formal: u64,
         kind: FileType,
     ) -> Result<()> {
         let mut di = self.dinode(dir)?;
-        let e = DirEntry::new(&self.geo.hash_key, ino, kind, name);
+        let e = DirEntry::new(&self.geo.hash_key, formal, kind, name);
         if !di.is_exhash() {
             let mut entries = self.linear_entries(dir, &di)?;
             entries.push(e);
@@ -302,7 +304,7 @@ impl Fs {
         self.jdata_write(dir, di, 0, &new)
     }
 
-    /// Removes `name`; returns the inode it named.
+    /// Removes `name`; returns the formal number of the inode it named.
     pub(crate) fn dir_remove(&mut self, dir: u64, name: &[u8]) -> Result<u64> {
         let mut di = self.dinode(dir)?;
         let hash = name_hash(&self.geo.hash_key, name);
@@ -314,7 +316,7 @@ impl Fs {
             else {
                 return Err(FsError::Errno(libc::ENOENT));
             };
-            let ino = entries.remove(i).inode;
+            let ino = entries.remove(i).formal;
             self.write_linear(dir, &mut di, &entries)?;
             return Ok(ino);
         }
@@ -324,7 +326,7 @@ impl Fs {
                 .iter()
                 .position(|e| e.hash == hash && e.name == name)
             {
-                let ino = l.entries.remove(i).inode;
+                let ino = l.entries.remove(i).formal;
                 self.cache.write_meta(addr, &l)?;
                 di.entries = di.entries.saturating_sub(1);
                 self.put_dinode(dir, &mut di)?;
@@ -334,13 +336,13 @@ impl Fs {
         Err(FsError::Errno(libc::ENOENT))
     }
 
-    /// Points the existing entry `name` at `ino` (rename over a target,
-    /// a moved directory's "..").
+    /// Points the existing entry `name` at the inode of formal number
+    /// `formal` (rename over a target, a moved directory's "..").
     pub(crate) fn dir_set(
         &mut self,
         dir: u64,
         name: &[u8],
-        ino: u64,
+        formal: u64,
         kind: FileType,
     ) -> Result<()> {
         let mut di = self.dinode(dir)?;
@@ -353,7 +355,7 @@ impl Fs {
             else {
                 return Err(FsError::Errno(libc::ENOENT));
             };
-            e.inode = ino;
+            e.formal = formal;
             e.kind = kind;
             return self.write_linear(dir, &mut di, &entries);
         }
@@ -363,7 +365,7 @@ impl Fs {
                 .iter_mut()
                 .find(|e| e.hash == hash && e.name == name)
             {
-                e.inode = ino;
+                e.formal = formal;
                 e.kind = kind;
                 self.cache.write_meta(addr, &l)?;
                 return self.put_dinode(dir, &mut di);

@@ -19,7 +19,7 @@ use crate::acl::Cred;
 use crate::demote::KernelCaches;
 use crate::error::FsError;
 use crate::flock::Flocks;
-use crate::format::{FileType as FT, Timestamp};
+use crate::format::{formal_ino, FileType as FT, Timestamp};
 use crate::glock::{GlockKind, GlockName};
 use crate::mount::Fs;
 use crate::ops::{Attr, SetAttr, SetTime};
@@ -225,14 +225,20 @@ impl Notifier {
 }
 
 impl KernelCaches for Notifier {
-    fn invalidate(&self, name: GlockName) {
+    fn invalidate(&self, name: GlockName, generation: Option<u64>) {
         if name.kind != GlockKind::Inode {
             return;
         }
         let ino = if name.number == self.root {
             INodeNo(1)
         } else {
-            INodeNo(name.number)
+            // No generation: the block holds no inode, so the kernel can
+            // know none there that is still valid (its node id is stale,
+            // and every request through it fails).
+            let Some(generation) = generation else {
+                return;
+            };
+            INodeNo(formal_ino(name.number, generation))
         };
         // ENOENT: the kernel does not know the inode; nothing to drop.
         if let Err(e) = self.notifier.inval_inode(ino, 0, 0) {
@@ -243,19 +249,51 @@ impl KernelCaches for Notifier {
     }
 }
 
-fn ino_in(fs: &Fs, ino: INodeNo) -> u64 {
+/// The inode a FUSE node id names, checked (see [`Fs::resolve`]): node
+/// ids are formal inode numbers, so a stale one — another node deleted the
+/// inode and reused its block — is ESTALE, never the new file.
+fn ino_in(fs: &mut Fs, ino: INodeNo) -> Result<u64, FsError> {
     if ino.0 == 1 {
-        fs.root()
+        Ok(fs.root())
     } else {
-        ino.0
+        fs.resolve(ino.0)
     }
 }
 
-fn ino_out(fs: &Fs, ino: u64) -> INodeNo {
-    if ino == fs.root() {
+/// The dinode address of a node id, unchecked: for the one request that
+/// must reach an inode whatever became of it (RELEASE).
+fn ino_addr(fs: &Fs, ino: INodeNo) -> u64 {
+    if ino.0 == 1 {
+        fs.root()
+    } else {
+        crate::format::formal_addr(ino.0)
+    }
+}
+
+/// The node id of the inode at `addr` of `generation`: its formal number
+/// (the root is always 1).
+fn ino_out(fs: &Fs, addr: u64, generation: u64) -> INodeNo {
+    if addr == fs.root() {
         INodeNo(1)
     } else {
-        INodeNo(ino)
+        INodeNo(formal_ino(addr, generation))
+    }
+}
+
+/// The generation the kernel keeps for an inode: its `i_generation` is 32
+/// bits, so a larger one would never compare equal and the kernel would
+/// take the inode for a new one at every lookup. Inode glock LVBs carry
+/// the same 32 bits.
+fn fuse_generation(generation: u64) -> Generation {
+    Generation(generation & u64::from(u32::MAX))
+}
+
+/// The node id of a directory entry's formal number.
+fn ino_of_entry(fs: &Fs, formal: u64) -> INodeNo {
+    if crate::format::formal_addr(formal) == fs.root() {
+        INodeNo(1)
+    } else {
+        INodeNo(formal)
     }
 }
 
@@ -299,7 +337,7 @@ fn kind(k: FT) -> FileType {
 
 fn file_attr(fs: &Fs, a: &Attr) -> FileAttr {
     FileAttr {
-        ino: ino_out(fs, a.ino),
+        ino: ino_out(fs, a.ino, a.generation),
         size: a.size,
         blocks: a.blocks,
         atime: time(a.atime),
@@ -346,7 +384,7 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
 impl RdlmFuse {
     fn entry(&self, reply: ReplyEntry, r: Result<(FileAttr, u64), Errno>) {
         match r {
-            Ok((a, generation)) => reply.entry(&self.ttl, &a, Generation(generation)),
+            Ok((a, generation)) => reply.entry(&self.ttl, &a, fuse_generation(generation)),
             Err(e) => reply.error(e),
         }
     }
@@ -449,7 +487,7 @@ impl Filesystem for RdlmFuse {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let c = cred(req);
         let r = self.with(|fs| {
-            let p = ino_in(fs, parent);
+            let p = ino_in(fs, parent)?;
             let a = fs.lookup(p, name.as_bytes(), &c)?;
             Ok((file_attr(fs, &a), a.generation))
         });
@@ -458,7 +496,10 @@ impl Filesystem for RdlmFuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let r = self.with(|fs| {
-            let a = fs.getattr(ino_in(fs, ino))?;
+            let a = {
+                let i = ino_in(fs, ino)?;
+                fs.getattr(i)
+            }?;
             Ok(file_attr(fs, &a))
         });
         match r {
@@ -496,7 +537,10 @@ impl Filesystem for RdlmFuse {
             via_handle: fh.is_some(),
         };
         let r = self.with(|fs| {
-            let a = fs.setattr(ino_in(fs, ino), set, &c)?;
+            let a = {
+                let i = ino_in(fs, ino)?;
+                fs.setattr(i, set, &c)
+            }?;
             Ok(file_attr(fs, &a))
         });
         match r {
@@ -506,7 +550,10 @@ impl Filesystem for RdlmFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.with(|fs| fs.readlink(ino_in(fs, ino))) {
+        match self.with(|fs| {
+            let i = ino_in(fs, ino)?;
+            fs.readlink(i)
+        }) {
             Ok(v) => reply.data(&v),
             Err(e) => reply.error(e),
         }
@@ -524,7 +571,7 @@ impl Filesystem for RdlmFuse {
     ) {
         let c = cred(req);
         let r = self.with(|fs| {
-            let p = ino_in(fs, parent);
+            let p = ino_in(fs, parent)?;
             let a = fs.mknod(p, name.as_bytes(), mode, umask, u64::from(rdev), None, &c)?;
             Ok((file_attr(fs, &a), a.generation))
         });
@@ -542,7 +589,7 @@ impl Filesystem for RdlmFuse {
     ) {
         let c = cred(req);
         let r = self.with(|fs| {
-            let p = ino_in(fs, parent);
+            let p = ino_in(fs, parent)?;
             let a = fs.mknod(
                 p,
                 name.as_bytes(),
@@ -561,7 +608,10 @@ impl Filesystem for RdlmFuse {
         let c = cred(req);
         empty(
             reply,
-            self.with(|fs| fs.unlink(ino_in(fs, parent), name.as_bytes(), &c)),
+            self.with(|fs| {
+                let i = ino_in(fs, parent)?;
+                fs.unlink(i, name.as_bytes(), &c)
+            }),
         );
     }
 
@@ -569,7 +619,10 @@ impl Filesystem for RdlmFuse {
         let c = cred(req);
         empty(
             reply,
-            self.with(|fs| fs.rmdir(ino_in(fs, parent), name.as_bytes(), &c)),
+            self.with(|fs| {
+                let i = ino_in(fs, parent)?;
+                fs.rmdir(i, name.as_bytes(), &c)
+            }),
         );
     }
 
@@ -583,7 +636,7 @@ impl Filesystem for RdlmFuse {
     ) {
         let c = cred(req);
         let r = self.with(|fs| {
-            let p = ino_in(fs, parent);
+            let p = ino_in(fs, parent)?;
             let t = target.as_os_str().as_bytes();
             let a = fs.mknod(
                 p,
@@ -611,7 +664,7 @@ impl Filesystem for RdlmFuse {
     ) {
         let c = cred(req);
         let r = self.with(|fs| {
-            let (p, np) = (ino_in(fs, parent), ino_in(fs, newparent));
+            let (p, np) = (ino_in(fs, parent)?, ino_in(fs, newparent)?);
             fs.rename(p, name.as_bytes(), np, newname.as_bytes(), flags.bits(), &c)
         });
         empty(reply, r);
@@ -627,7 +680,7 @@ impl Filesystem for RdlmFuse {
     ) {
         let c = cred(req);
         let r = self.with(|fs| {
-            let (i, np) = (ino_in(fs, ino), ino_in(fs, newparent));
+            let (i, np) = (ino_in(fs, ino)?, ino_in(fs, newparent)?);
             let a = fs.link(i, np, newname.as_bytes(), &c)?;
             Ok((file_attr(fs, &a), a.generation))
         });
@@ -636,7 +689,10 @@ impl Filesystem for RdlmFuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let c = cred(req);
-        match self.with(|fs| fs.open(ino_in(fs, ino), flags.0, &c)) {
+        match self.with(|fs| {
+            let i = ino_in(fs, ino)?;
+            fs.open(i, flags.0, &c)
+        }) {
             Ok(()) => reply.opened(FileHandle(0), self.open_flags(flags.0)),
             Err(e) => reply.error(e),
         }
@@ -653,7 +709,10 @@ impl Filesystem for RdlmFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.with(|fs| fs.read(ino_in(fs, ino), offset, size as usize)) {
+        match self.with(|fs| {
+            let i = ino_in(fs, ino)?;
+            fs.read(i, offset, size as usize)
+        }) {
             Ok(v) => reply.data(&v),
             Err(e) => reply.error(e),
         }
@@ -675,7 +734,7 @@ impl Filesystem for RdlmFuse {
         let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
         let append = self.cluster && flags.0 & libc::O_APPEND != 0;
         let r = self.with(|fs| {
-            let i = ino_in(fs, ino);
+            let i = ino_in(fs, ino)?;
             let n = fs.write(i, offset, data, append, &c)?;
             if sync {
                 fs.fsync(i)?;
@@ -712,7 +771,7 @@ impl Filesystem for RdlmFuse {
         if let (Some(flocks), Some(owner)) = (&self.flocks, lock_owner) {
             flocks.unlock(ino.0, owner.0);
         }
-        empty(reply, self.with(|fs| fs.release(ino_in(fs, ino))));
+        empty(reply, self.with(|fs| fs.release(ino_addr(fs, ino))));
     }
 
     fn fsync(
@@ -723,12 +782,21 @@ impl Filesystem for RdlmFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.with(|fs| fs.fsync(ino_in(fs, ino))));
+        empty(
+            reply,
+            self.with(|fs| {
+                let i = ino_in(fs, ino)?;
+                fs.fsync(i)
+            }),
+        );
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let c = cred(req);
-        match self.with(|fs| fs.opendir(ino_in(fs, ino), &c)) {
+        match self.with(|fs| {
+            let i = ino_in(fs, ino)?;
+            fs.opendir(i, &c)
+        }) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -743,12 +811,12 @@ impl Filesystem for RdlmFuse {
         mut reply: ReplyDirectory,
     ) {
         let r = self.with(|fs| {
-            let i = ino_in(fs, ino);
+            let i = ino_in(fs, ino)?;
             let v = fs.readdir(i, offset, 128)?;
             Ok(v.into_iter()
                 .map(|l| {
                     (
-                        ino_out(fs, l.entry.inode),
+                        ino_of_entry(fs, l.entry.formal),
                         l.cookie,
                         l.entry.kind,
                         l.entry.name,
@@ -778,13 +846,13 @@ impl Filesystem for RdlmFuse {
         mut reply: ReplyDirectoryPlus,
     ) {
         let r = self.with(|fs| {
-            let i = ino_in(fs, ino);
+            let i = ino_in(fs, ino)?;
             let v = fs.readdir(i, offset, 64)?;
             let mut out = Vec::with_capacity(v.len());
             for l in v {
-                let a = fs.getattr(l.entry.inode)?;
+                let a = fs.getattr(l.entry.addr())?;
                 out.push((
-                    ino_out(fs, l.entry.inode),
+                    ino_of_entry(fs, l.entry.formal),
                     l.cookie,
                     l.entry.name,
                     file_attr(fs, &a),
@@ -802,7 +870,7 @@ impl Filesystem for RdlmFuse {
                         OsStr::from_bytes(&name),
                         &self.ttl,
                         &a,
-                        Generation(g),
+                        fuse_generation(g),
                     ) {
                         break;
                     }
@@ -821,7 +889,13 @@ impl Filesystem for RdlmFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.with(|fs| fs.fsync(ino_in(fs, ino))));
+        empty(
+            reply,
+            self.with(|fs| {
+                let i = ino_in(fs, ino)?;
+                fs.fsync(i)
+            }),
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -856,13 +930,19 @@ impl Filesystem for RdlmFuse {
         let c = cred(req);
         empty(
             reply,
-            self.with(|fs| fs.setxattr(ino_in(fs, ino), name.as_bytes(), Some(value), flags, &c)),
+            self.with(|fs| {
+                let i = ino_in(fs, ino)?;
+                fs.setxattr(i, name.as_bytes(), Some(value), flags, &c)
+            }),
         );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let c = cred(req);
-        match self.with(|fs| fs.getxattr(ino_in(fs, ino), name.as_bytes(), &c)) {
+        match self.with(|fs| {
+            let i = ino_in(fs, ino)?;
+            fs.getxattr(i, name.as_bytes(), &c)
+        }) {
             Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
             Ok(v) => reply.data(&v),
@@ -872,7 +952,10 @@ impl Filesystem for RdlmFuse {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let c = cred(req);
-        match self.with(|fs| fs.listxattr(ino_in(fs, ino), &c)) {
+        match self.with(|fs| {
+            let i = ino_in(fs, ino)?;
+            fs.listxattr(i, &c)
+        }) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -895,7 +978,10 @@ impl Filesystem for RdlmFuse {
         let c = cred(req);
         empty(
             reply,
-            self.with(|fs| fs.removexattr(ino_in(fs, ino), name.as_bytes(), &c)),
+            self.with(|fs| {
+                let i = ino_in(fs, ino)?;
+                fs.removexattr(i, name.as_bytes(), &c)
+            }),
         );
     }
 
@@ -903,7 +989,10 @@ impl Filesystem for RdlmFuse {
         let c = cred(req);
         empty(
             reply,
-            self.with(|fs| fs.access(ino_in(fs, ino), mask.bits() as u32, &c)),
+            self.with(|fs| {
+                let i = ino_in(fs, ino)?;
+                fs.access(i, mask.bits() as u32, &c)
+            }),
         );
     }
 
@@ -919,7 +1008,7 @@ impl Filesystem for RdlmFuse {
     ) {
         let c = cred(req);
         let r = self.with(|fs| {
-            let p = ino_in(fs, parent);
+            let p = ino_in(fs, parent)?;
             match fs.mknod(p, name.as_bytes(), mode, umask, 0, None, &c) {
                 Ok(a) => {
                     // The creator may open what it created whatever the
@@ -974,7 +1063,10 @@ impl Filesystem for RdlmFuse {
     ) {
         empty(
             reply,
-            self.with(|fs| fs.fallocate(ino_in(fs, ino), offset, length, mode)),
+            self.with(|fs| {
+                let i = ino_in(fs, ino)?;
+                fs.fallocate(i, offset, length, mode)
+            }),
         );
     }
 
@@ -989,7 +1081,10 @@ impl Filesystem for RdlmFuse {
     ) {
         let r = self.with(|fs| {
             let off = u64::try_from(offset).map_err(|_| FsError::Errno(libc::ENXIO))?;
-            fs.lseek(ino_in(fs, ino), off, whence)
+            {
+                let i = ino_in(fs, ino)?;
+                fs.lseek(i, off, whence)
+            }
         });
         match r {
             Ok(o) => reply.offset(o as i64),

@@ -379,9 +379,9 @@ impl Glocks {
     /// it covers.
     pub fn release(&self, name: GlockName) -> Result<()> {
         let held = self.table().entries.remove(&name);
-        if held.is_some_and(|e| e.mode.is_some()) {
+        if let Some(mode) = held.and_then(|e| e.mode) {
             self.table().stats.released += 1;
-            self.proto.unlock(name, None)?;
+            self.proto.unlock(name, lvb_on_release(mode, None))?;
         }
         Ok(())
     }
@@ -428,6 +428,11 @@ impl Glocks {
         to: Option<GlockMode>,
         lvb: Option<Vec<u8>>,
     ) -> Result<()> {
+        let held = self.mode(name);
+        let lvb = match held {
+            Some(m) => lvb_on_release(m, lvb),
+            None => lvb,
+        };
         let r = match to {
             Some(GlockMode::Shared) => self.proto.demote_to_shared(name, lvb),
             Some(GlockMode::Exclusive) => Ok(()),
@@ -466,19 +471,18 @@ impl Glocks {
         changed.notify_all();
     }
 
-    /// Gives every glock up (unmount), writing no LVBs.
+    /// Gives every glock up (unmount); Exclusive ones leave an empty LVB.
     pub fn release_all(&self) -> Result<()> {
-        let held: Vec<GlockName> = {
+        let held: Vec<(GlockName, GlockMode)> = {
             let t = self.table();
             t.entries
                 .iter()
-                .filter(|(_, e)| e.mode.is_some())
-                .map(|(n, _)| *n)
+                .filter_map(|(n, e)| e.mode.map(|m| (*n, m)))
                 .collect()
         };
         let mut first_err = None;
-        for n in held {
-            if let Err(e) = self.proto.unlock(n, None) {
+        for (n, m) in held {
+            if let Err(e) = self.proto.unlock(n, lvb_on_release(m, None)) {
                 first_err.get_or_insert(e);
             }
             let mut t = self.table();
@@ -514,6 +518,20 @@ impl Glocks {
 
     pub fn stats(&self) -> GlockStats {
         self.table().stats
+    }
+}
+
+/// The LVB to write when a glock held in `held` is given up or converted
+/// down: `lvb` if the caller has one; from Exclusive without one, an empty
+/// LVB. The lock manager keeps an LVB nobody writes, so an Exclusive holder
+/// that changed what the glock covers and wrote nothing would leave the
+/// previous holder's description for the next one to trust (see
+/// [`crate::lvb`]).
+fn lvb_on_release(held: GlockMode, lvb: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    match (held, lvb) {
+        (_, Some(v)) => Some(v),
+        (GlockMode::Exclusive, None) => Some(Vec::new()),
+        (GlockMode::Shared, None) => None,
     }
 }
 

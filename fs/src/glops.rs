@@ -41,7 +41,17 @@ impl Fs {
     pub fn go_inval(&mut self, name: GlockName) {
         match name.kind {
             GlockKind::Inode => {
-                self.inodes.remove(&name.number);
+                // Kept aside for the next grant (`lvb.rs`); the demote
+                // still holds the glock, so the buffer cache's copy is
+                // current if the inode cache had none.
+                let kept = self.inodes.remove(&name.number).or_else(|| {
+                    self.cache
+                        .read_meta::<crate::format::Dinode>(&*self.dev, name.number)
+                        .ok()
+                });
+                if let Some(di) = kept.filter(|d| d.nlink > 0) {
+                    self.keep_released(name.number, di);
+                }
                 // Which cached blocks belong to the inode is not recorded;
                 // every clean block goes (it was all written in place by
                 // go_sync, so nothing is lost but the reads).

@@ -14,6 +14,7 @@ use crate::format::io::IoError;
 use crate::format::rgrp::BlockState;
 use crate::format::{Dinode, DinodeContent, DinodeFlags, JData, Timestamp};
 use crate::glock::{GlockMode, GlockName};
+use crate::lvb::{InodeLvb, LvbAttrs};
 use crate::mount::Fs;
 
 /// Data blocks freed per transaction by a long truncate or delete.
@@ -26,7 +27,23 @@ impl Fs {
         if let Some(d) = self.inodes.get(&ino) {
             return Ok(d.clone());
         }
-        self.glocks.hold(GlockName::inode(ino), GlockMode::Shared)?;
+        let name = GlockName::inode(ino);
+        self.glocks.hold(name, GlockMode::Shared)?;
+        if let Some(kept) = self.released_inodes.remove(&ino) {
+            let lvb = self.glocks.lvb(name);
+            tracing::debug!(ino, kept_version = kept.version, lvb = ?lvb.as_ref().and_then(|b| InodeLvb::decode(b)), "kept dinode against the grant's LVB");
+            if lvb
+                .and_then(|b| InodeLvb::decode(&b))
+                .is_some_and(|l| l.describes(kept.generation, kept.version))
+            {
+                self.lvb_stats.kept += 1;
+                self.inodes.insert(ino, kept.clone());
+                return Ok(kept);
+            }
+        }
+        if self.glocks.is_clustered() {
+            self.lvb_stats.read += 1;
+        }
         let di: Dinode = self.cache.read_meta(&*self.dev, ino)?;
         if self.inodes.len() >= self.opts.cache_inodes {
             self.shrink_inode_cache();
@@ -40,6 +57,72 @@ impl Fs {
             return Ok(d);
         }
         Ok(di)
+    }
+
+    /// The generation of the inode at `addr`, for a demote that holds its
+    /// glock: from the cache, else read (None if the block holds no
+    /// dinode).
+    pub(crate) fn inode_generation(&mut self, addr: u64) -> Option<u64> {
+        if let Some(d) = self.inodes.get(&addr) {
+            return Some(d.generation);
+        }
+        self.cache
+            .read_meta::<Dinode>(&*self.dev, addr)
+            .ok()
+            .map(|d| d.generation)
+    }
+
+    /// Keeps `di` aside after its glock went away (see `released_inodes`),
+    /// within the inode cache's bound.
+    pub(crate) fn keep_released(&mut self, ino: u64, di: Dinode) {
+        if self.released_inodes.len() >= self.opts.cache_inodes {
+            self.released_inodes.clear();
+        }
+        self.released_inodes.insert(ino, di);
+    }
+
+    /// The LVB an Exclusive holder of `ino`'s glock leaves when it lets go
+    /// (for the demote, which holds the glock and has written everything
+    /// back): the dinode as this node has it, else as the buffer cache or
+    /// the disk has it. None if the block holds no dinode (an empty LVB
+    /// is written instead).
+    pub(crate) fn inode_lvb(&mut self, ino: u64) -> Option<Vec<u8>> {
+        if let Some(d) = self.inodes.get(&ino) {
+            return Some(InodeLvb::encode(d));
+        }
+        self.cache
+            .read_meta::<Dinode>(&*self.dev, ino)
+            .ok()
+            .map(|d| InodeLvb::encode(&d))
+    }
+
+    /// The attributes of `ino` from its glock's LVB, without the dinode:
+    /// only while this node holds the glock Shared (nobody, this node
+    /// included, can have changed the inode since the grant) and has no
+    /// copy of the dinode. None: read the dinode.
+    pub(crate) fn lvb_attrs(&mut self, ino: u64) -> Result<Option<(u64, LvbAttrs)>> {
+        if !self.glocks.is_clustered() || self.inodes.contains_key(&ino) {
+            return Ok(None);
+        }
+        let name = GlockName::inode(ino);
+        self.glocks.hold(name, GlockMode::Shared)?;
+        if self.glocks.mode(name) != Some(GlockMode::Shared) {
+            return Ok(None);
+        }
+        let Some(l) = self.glocks.lvb(name).and_then(|b| InodeLvb::decode(&b)) else {
+            return Ok(None);
+        };
+        if let Some(kept) = self.released_inodes.get(&ino) {
+            if l.describes(kept.generation, kept.version) {
+                // The full copy is as good and serves everything else too.
+                return Ok(None);
+            }
+        }
+        let Some(a) = l.attrs else {
+            return Ok(None);
+        };
+        self.lvb_stats.attrs += 1;
+        Ok(Some((u64::from(l.generation), a)))
     }
 
     fn shrink_inode_cache(&mut self) {
@@ -62,6 +145,7 @@ impl Fs {
     pub(crate) fn put_dinode(&mut self, ino: u64, di: &mut Dinode) -> Result<()> {
         self.glocks
             .hold(GlockName::inode(ino), GlockMode::Exclusive)?;
+        self.released_inodes.remove(&ino);
         di.version += 1;
         self.cache.write_meta(ino, di)?;
         self.inodes.insert(ino, di.clone());

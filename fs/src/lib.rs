@@ -42,6 +42,7 @@ pub mod inode;
 pub mod iopen;
 pub mod lock_dlm;
 pub mod log;
+pub mod lvb;
 pub mod mount;
 pub mod ops;
 pub mod process;

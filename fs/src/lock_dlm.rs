@@ -189,7 +189,7 @@ impl LockProtocol for LockDlm {
             return Ok(());
         };
         self.dlm
-            .convert(lkid, Mode::PR, Flags::VALBLK, lvb, None)
+            .convert(lkid, Mode::PR, Flags::VALBLK, fit_lvb(lvb), None)
             .map(|_| ())
             .map_err(|e| self.err(name, e))
     }
@@ -199,8 +199,20 @@ impl LockProtocol for LockDlm {
             return Ok(());
         };
         self.ids().by_lkid.remove(&lkid);
-        self.dlm.unlock(lkid, lvb).map_err(|e| self.err(name, e))
+        self.dlm
+            .unlock(lkid, fit_lvb(lvb))
+            .map_err(|e| self.err(name, e))
     }
+}
+
+/// An LVB to write, zero-padded to the lockspace's length (an empty one:
+/// all zeros, which no reader trusts).
+fn fit_lvb(lvb: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    lvb.map(|mut v| {
+        debug_assert!(v.len() <= crate::lvb::LVB_LEN, "LVB of {} bytes", v.len());
+        v.resize(crate::lvb::LVB_LEN, 0);
+        v
+    })
 }
 
 /// Turns the DLM's events into demote requests for `demotes` until the

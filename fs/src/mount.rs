@@ -105,6 +105,17 @@ pub struct MountReport {
     pub others_replayed: u64,
 }
 
+/// What inode glock LVBs saved (`lvb.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LvbStats {
+    /// Re-grants that kept the dinode this node had before.
+    pub kept: u64,
+    /// Attribute requests answered from an LVB alone.
+    pub attrs: u64,
+    /// Dinodes read from the disk after a grant.
+    pub read: u64,
+}
+
 pub struct Fs {
     pub(crate) dev: Arc<dyn BlockDevice>,
     pub(crate) sb: Superblock,
@@ -114,6 +125,12 @@ pub struct Fs {
     pub(crate) rgrps: Rgrps,
     pub(crate) glocks: Glocks,
     pub(crate) inodes: HashMap<u64, Dinode>,
+    /// Dinodes whose inode glock this node gave up, kept aside: used again
+    /// without a read if the next grant's LVB says nobody changed them
+    /// (see `lvb.rs`). Never read without the glock held.
+    pub(crate) released_inodes: HashMap<u64, Dinode>,
+    /// How inode reads after a grant were served (for `rdlmfs status`).
+    pub(crate) lvb_stats: LvbStats,
     /// Open handles per inode (an unlinked inode is freed when this drops
     /// to zero).
     pub(crate) opens: HashMap<u64, u32>,
@@ -222,6 +239,8 @@ impl Fs {
             rgrps: Rgrps::new(Vec::new(), opts.jid, glocks.clone()),
             glocks,
             inodes: HashMap::new(),
+            released_inodes: HashMap::new(),
+            lvb_stats: LvbStats::default(),
             opens: HashMap::new(),
             unlinked: BTreeSet::new(),
             doomed: BTreeSet::new(),
@@ -413,11 +432,15 @@ impl Fs {
     /// Undoes everything since the savepoint (or since the last commit
     /// within it) and starts a new savepoint there.
     pub(crate) fn rollback(&mut self) {
-        self.cache.rollback();
+        let touched = self.cache.rollback();
         self.rgrps.rollback();
-        // Cached dinodes may hold undone changes; the buffer cache has the
-        // right bytes.
-        self.inodes.clear();
+        // Cached dinodes whose blocks the undone change touched may hold
+        // undone changes; the buffer cache has the right bytes. (A dinode
+        // lives in its own block, at its inode's address.)
+        for b in touched {
+            self.inodes.remove(&b);
+            self.released_inodes.remove(&b);
+        }
         if let Some((u, d)) = self.saved.clone() {
             self.unlinked = u;
             self.doomed = d;
@@ -502,7 +525,7 @@ impl Fs {
     /// directories larger than a few entries, but lookup handles both).
     fn sys_lookup(&mut self, dir: u64, name: &str) -> Result<u64> {
         match self.dir_lookup(dir, name.as_bytes())? {
-            Some((ino, _)) => Ok(ino),
+            Some((formal, _)) => Ok(crate::format::formal_addr(formal)),
             None => Err(refuse(
                 &*self.dev,
                 format!("system file {name} is missing from directory {dir}"),
@@ -878,6 +901,7 @@ impl Fs {
             cache: self.cache.stats(),
             cached_blocks: self.cache.cached_blocks(),
             cached_inodes: self.inodes.len(),
+            lvb: self.lvb_stats,
             glocks: self.glocks.stats(),
             glocks_held: self.glocks.held(),
             log: self.log.as_ref().map(|l| l.stats()).unwrap_or_default(),
@@ -895,6 +919,7 @@ pub struct FsStats {
     pub cache: crate::buf::CacheStats,
     pub cached_blocks: usize,
     pub cached_inodes: usize,
+    pub lvb: LvbStats,
     pub glocks: crate::glock::GlockStats,
     pub glocks_held: usize,
     pub log: crate::log::LogStats,

@@ -16,7 +16,10 @@ use crate::error::{errno as e, FsError, Result};
 use crate::format::dinode::MAX_SYMLINK_LEN;
 use crate::format::dir::valid_name;
 use crate::format::rgrp::BlockState;
-use crate::format::{Dinode, DinodeContent, DinodeFlags, FileType, Timestamp, MAX_NAME_LEN};
+use crate::format::{
+    formal_addr, formal_ino, formal_matches, Dinode, DinodeContent, DinodeFlags, FileType,
+    Timestamp, MAX_NAME_LEN,
+};
 use crate::glock::{GlockMode, GlockName};
 use crate::inode::now;
 use crate::mount::{AtimeMode, Fs};
@@ -224,7 +227,81 @@ impl Fs {
             || cred.uid == victim.uid
     }
 
+    /// Checks that the dinode at `addr` is the inode a directory entry of
+    /// `dir` names by formal number `formal` (see
+    /// [`crate::format::formal_ino`]). A mismatch means the entry outlived
+    /// its inode and the block was reused: the directory is corrupt.
+    fn check_entry(&self, dir: u64, formal: u64, addr: u64, di: &Dinode) -> Result<()> {
+        if formal_matches(formal, addr, di.generation) {
+            return Ok(());
+        }
+        Err(self.corrupt(format!(
+            "directory {dir}: an entry names inode {formal:#x}, but block {addr} holds generation {} ({:#x})",
+            di.generation,
+            formal_ino(addr, di.generation)
+        )))
+    }
+
+    /// The dinode address of the inode that formal number `formal` (a
+    /// FUSE node id, see [`crate::format::formal_ino`]) names, once checked
+    /// that it still lives there: ENOENT if the block holds no inode any
+    /// more, ESTALE if it holds another one — the named inode was deleted
+    /// (on any node) and its block reused. The kernel retries a path walk
+    /// that meets ESTALE with fresh lookups.
+    pub fn resolve(&mut self, formal: u64) -> Result<u64> {
+        let addr = formal_addr(formal);
+        let generation = match self.lvb_getattr(addr)? {
+            Some(a) => a.generation,
+            None => self.user_dinode(addr)?.generation,
+        };
+        if !formal_matches(formal, addr, generation) {
+            tracing::debug!(formal, addr, generation, "stale inode number");
+            return e(libc::ESTALE);
+        }
+        Ok(addr)
+    }
+
+    /// The attributes of `ino` from its glock's LVB, if that can answer
+    /// ([`Fs::lvb_attrs`]): a cluster node listing a directory another
+    /// node filled reads no dinodes. Anything unusual (not a plain linked
+    /// inode as far as this node knows) goes the full way.
+    fn lvb_getattr(&mut self, ino: u64) -> Result<Option<Attr>> {
+        if !self.glocks.is_clustered() || !self.geo.is_valid_addr(ino) {
+            return Ok(None);
+        }
+        if let Some(st) = self.rgrps.known_state(ino) {
+            if st != BlockState::Dinode {
+                return Ok(None);
+            }
+        }
+        let Some((generation, a)) = self.lvb_attrs(ino)? else {
+            return Ok(None);
+        };
+        if a.nlink == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Attr {
+            ino,
+            size: a.size,
+            blocks: a.blocks * u64::from(self.geo.block_size) / 512,
+            atime: a.atime,
+            mtime: a.mtime,
+            ctime: a.ctime,
+            kind: FileType::from_mode(a.mode).unwrap_or(FileType::Regular),
+            perm: (a.mode & 0o7777) as u16,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: 0,
+            blksize: self.geo.block_size,
+            generation,
+        }))
+    }
+
     pub fn getattr(&mut self, ino: u64) -> Result<Attr> {
+        if let Some(a) = self.lvb_getattr(ino)? {
+            return Ok(a);
+        }
         let di = self.user_dinode(ino)?;
         Ok(self.attr_of(ino, &di))
     }
@@ -234,10 +311,19 @@ impl Fs {
             return e(libc::ENAMETOOLONG);
         }
         self.dir_for(parent, cred, MAY_EXEC)?;
-        let Some((ino, _)) = self.dir_lookup(parent, name)? else {
+        let Some((formal, _)) = self.dir_lookup(parent, name)? else {
             return e(libc::ENOENT);
         };
-        self.getattr(ino)
+        let ino = formal_addr(formal);
+        if let Some(a) = self.lvb_getattr(ino)? {
+            if formal_matches(formal, ino, a.generation) {
+                return Ok(a);
+            }
+            // A mismatch is corruption: the full path reports it.
+        }
+        let di = self.user_dinode(ino)?;
+        self.check_entry(parent, formal, ino, &di)?;
+        Ok(self.attr_of(ino, &di))
     }
 
     pub fn access(&mut self, ino: u64, mask: u32, cred: &Cred) -> Result<()> {
@@ -394,8 +480,18 @@ impl Fs {
             )?;
             let key = self.geo.hash_key;
             let ents = vec![
-                crate::format::DirEntry::new(&key, ino, FileType::Directory, b"."),
-                crate::format::DirEntry::new(&key, parent, FileType::Directory, b".."),
+                crate::format::DirEntry::new(
+                    &key,
+                    formal_ino(ino, generation),
+                    FileType::Directory,
+                    b".",
+                ),
+                crate::format::DirEntry::new(
+                    &key,
+                    formal_ino(parent, pd.generation),
+                    FileType::Directory,
+                    b"..",
+                ),
             ];
             let mut body = vec![0u8; cap];
             crate::format::dir::encode_entries(&self.geo, ino, "directory", &ents, &mut body)?;
@@ -430,7 +526,7 @@ impl Fs {
                     self.xattr_set(ino, acl::ACL_DEFAULT, Some(&d.encode()), 0)?;
                 }
             }
-            self.dir_add(parent, name, ino, kind)
+            self.dir_add(parent, name, formal_ino(ino, di.generation), kind)
         })();
         match linked {
             // Refused (out of space) after the dinode was allocated: free
@@ -472,7 +568,7 @@ impl Fs {
             }
             let kind = di.file_type().unwrap_or(FileType::Regular);
             tracing::debug!(ino, nlink = di.nlink, version = di.version, "link");
-            fs.dir_add(parent, name, ino, kind)?;
+            fs.dir_add(parent, name, formal_ino(ino, di.generation), kind)?;
             let t = now();
             di.nlink += 1;
             di.ctime = t;
@@ -506,11 +602,13 @@ impl Fs {
             return e(libc::ENAMETOOLONG);
         }
         let pd = self.dir_for(parent, cred, MAY_WRITE | MAY_EXEC)?;
-        let Some((ino, _)) = self.dir_lookup(parent, name)? else {
+        let Some((formal, _)) = self.dir_lookup(parent, name)? else {
             return e(libc::ENOENT);
         };
+        let ino = formal_addr(formal);
         self.ex(&[parent, ino])?;
         let mut di = self.dinode(ino)?;
+        self.check_entry(parent, formal, ino, &di)?;
         tracing::debug!(ino, parent, name = %String::from_utf8_lossy(name), nlink = di.nlink, version = di.version, "remove");
         if dir && !di.is_dir() {
             return e(libc::ENOTDIR);
@@ -582,7 +680,7 @@ impl Fs {
                 return Ok(false);
             }
             match self.dir_lookup(ino, b"..")? {
-                Some((p, _)) if p != ino => ino = p,
+                Some((p, _)) if formal_addr(p) != ino => ino = formal_addr(p),
                 _ => return Ok(false),
             }
         }
@@ -616,18 +714,23 @@ impl Fs {
         }
         let pd = self.dir_for(parent, cred, MAY_WRITE | MAY_EXEC)?;
         let npd = self.dir_for(newparent, cred, MAY_WRITE | MAY_EXEC)?;
-        let Some((ino, kind)) = self.dir_lookup(parent, name)? else {
+        let Some((formal, kind)) = self.dir_lookup(parent, name)? else {
             return e(libc::ENOENT);
         };
-        let target = self.dir_lookup(newparent, newname)?;
+        let ino = formal_addr(formal);
+        // The target: (address, type, formal number).
+        let target = self
+            .dir_lookup(newparent, newname)?
+            .map(|(f, k)| (formal_addr(f), k, f));
         let mut locks = vec![parent, newparent, ino];
-        if let Some((t, _)) = target {
+        if let Some((t, _, _)) = target {
             locks.push(t);
         }
         locks.sort_unstable();
         locks.dedup();
         self.ex(&locks)?;
         let di = self.dinode(ino)?;
+        self.check_entry(parent, formal, ino, &di)?;
         if !Fs::sticky_ok(&pd, &di, cred) {
             return e(libc::EPERM);
         }
@@ -646,10 +749,11 @@ impl Fs {
         }
         let t = now();
         if flags & RENAME_EXCHANGE != 0 {
-            let Some((tino, tkind)) = target else {
+            let Some((tino, tkind, tformal)) = target else {
                 return e(libc::ENOENT);
             };
             let tdi = self.dinode(tino)?;
+            self.check_entry(newparent, tformal, tino, &tdi)?;
             if !Fs::sticky_ok(&npd, &tdi, cred) {
                 return e(libc::EPERM);
             }
@@ -657,14 +761,16 @@ impl Fs {
             if tdir && parent != newparent && self.is_ancestor(tino, parent)? {
                 return e(libc::EINVAL);
             }
-            self.dir_set(parent, name, tino, tkind)?;
-            self.dir_set(newparent, newname, ino, kind)?;
+            self.dir_set(parent, name, tformal, tkind)?;
+            self.dir_set(newparent, newname, formal, kind)?;
             if parent != newparent {
                 if is_dir {
-                    self.dir_set(ino, b"..", newparent, FileType::Directory)?;
+                    let np = formal_ino(newparent, npd.generation);
+                    self.dir_set(ino, b"..", np, FileType::Directory)?;
                 }
                 if tdir {
-                    self.dir_set(tino, b"..", parent, FileType::Directory)?;
+                    let p = formal_ino(parent, pd.generation);
+                    self.dir_set(tino, b"..", p, FileType::Directory)?;
                 }
                 let delta = i64::from(is_dir) - i64::from(tdir);
                 self.adjust_nlink(parent, -delta, t)?;
@@ -679,11 +785,12 @@ impl Fs {
             }
             return Ok(());
         }
-        if let Some((tino, tkind)) = target {
+        if let Some((tino, tkind, tformal)) = target {
             if flags & RENAME_NOREPLACE != 0 {
                 return e(libc::EEXIST);
             }
             let mut tdi = self.dinode(tino)?;
+            self.check_entry(newparent, tformal, tino, &tdi)?;
             tracing::debug!(
                 tino,
                 nlink = tdi.nlink,
@@ -703,7 +810,7 @@ impl Fs {
             if tdir && !self.dir_is_empty(tino)? {
                 return e(libc::ENOTEMPTY);
             }
-            self.dir_set(newparent, newname, ino, kind)?;
+            self.dir_set(newparent, newname, formal, kind)?;
             tdi.nlink = if tdir { 0 } else { tdi.nlink.saturating_sub(1) };
             tdi.ctime = t;
             self.put_dinode(tino, &mut tdi)?;
@@ -714,11 +821,12 @@ impl Fs {
                 self.drop_last_link(tino)?;
             }
         } else {
-            self.dir_add(newparent, newname, ino, kind)?;
+            self.dir_add(newparent, newname, formal, kind)?;
         }
         self.dir_remove(parent, name)?;
         if is_dir && parent != newparent {
-            self.dir_set(ino, b"..", newparent, FileType::Directory)?;
+            let np = formal_ino(newparent, npd.generation);
+            self.dir_set(ino, b"..", np, FileType::Directory)?;
             self.adjust_nlink(parent, -1, t)?;
             self.adjust_nlink(newparent, 1, t)?;
         } else {
@@ -1274,15 +1382,20 @@ impl Fs {
                     Acl::decode(v)?;
                 }
             }
-            di.ctime = now();
-            fs.put_dinode(ino, &mut di)?;
+            // The attribute first: a call that fails (removing one that
+            // does not exist) changes nothing, not even ctime.
             match (value.as_deref(), name == acl::ACL_ACCESS) {
                 (None, true) => match fs.xattr_set(ino, name, None, 0) {
                     Err(FsError::Errno(libc::ENODATA)) => Ok(()),
                     r => r,
                 },
                 (v, _) => fs.xattr_set(ino, name, v, flags),
-            }
+            }?;
+            let mode = di.mode;
+            let mut di = fs.dinode(ino)?;
+            di.mode = mode;
+            di.ctime = now();
+            fs.put_dinode(ino, &mut di)
         })
     }
 

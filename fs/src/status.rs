@@ -171,6 +171,13 @@ impl Source {
                     "journal:  {} commits, {} blocks logged, {} checkpoints",
                     s.log.commits, s.log.blocks, s.log.checkpoints
                 );
+                if self.cluster.is_some() {
+                    let _ = writeln!(
+                        o,
+                        "LVBs:     {} inodes kept across a re-grant, {} stats answered from an LVB, {} dinodes read after a grant",
+                        s.lvb.kept, s.lvb.attrs, s.lvb.read
+                    );
+                }
             }
             None => {
                 let _ = writeln!(o, "caches:   (unmounting)");

@@ -211,7 +211,8 @@ fn start_net(t: &tempfile::TempDir, n: u32, cut: Option<&NetCut>) -> Cluster {
                     "--nbd-admin".into(),
                     t.path().join("nbd.admin").display().to_string(),
                     "-o".into(),
-                    "log=info".into(),
+                    std::env::var("RDLMFS_TEST_FS_LOG")
+                        .map_or("log=info".into(), |l| format!("log={l}")),
                 ],
             )
         })
@@ -945,6 +946,112 @@ fn an_unlinked_file_open_on_another_node_lives_until_its_last_close() {
     assert!(findings.is_empty(), "fsck: {findings:?}");
 }
 
+/// `rdlmfs status` of a mount.
+fn status_of(m: &Mounted) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rdlmfs"))
+        .arg("status")
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The three LVB counters of a status report: kept, stats from LVBs,
+/// dinodes read after a grant.
+fn lvb_counters(status: &str) -> (u64, u64, u64) {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("LVBs:"))
+        .unwrap_or_else(|| panic!("no LVB line in\n{status}"));
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(n.len(), 3, "{line}");
+    (n[0], n[1], n[2])
+}
+
+/// Inode glock LVBs: a node with no copy of an inode answers `stat` from
+/// the LVB the creator left (same answers as the creator's), and a node
+/// that gave a glock up keeps its copy when the next holder changed
+/// nothing.
+#[test]
+fn inode_lvbs_answer_stat_and_keep_unchanged_inodes() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let c = start(&t, 2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let files = 20;
+    for i in 0..files {
+        std::fs::write(a.p(&format!("f{i}")), vec![b'x'; 100 * i]).unwrap();
+    }
+    let (_, attrs0, _) = lvb_counters(&status_of(b));
+    for i in 0..files {
+        let mb = std::fs::metadata(b.p(&format!("f{i}"))).unwrap();
+        let ma = std::fs::metadata(a.p(&format!("f{i}"))).unwrap();
+        assert_eq!(
+            (
+                mb.ino(),
+                mb.size(),
+                mb.mode(),
+                mb.nlink(),
+                mb.uid(),
+                mb.blocks()
+            ),
+            (
+                ma.ino(),
+                ma.size(),
+                ma.mode(),
+                ma.nlink(),
+                ma.uid(),
+                ma.blocks()
+            ),
+            "f{i}"
+        );
+        assert_eq!(
+            (mb.mtime(), mb.mtime_nsec(), mb.ctime(), mb.ctime_nsec()),
+            (ma.mtime(), ma.mtime_nsec(), ma.ctime(), ma.ctime_nsec()),
+            "f{i}"
+        );
+    }
+    let (_, attrs1, _) = lvb_counters(&status_of(b));
+    assert!(
+        attrs1 - attrs0 >= files as u64,
+        "{} stats answered from LVBs for {files} files never read on node 2",
+        attrs1 - attrs0
+    );
+
+    // Node 2 reads f3 (its dinode cached), node 1 takes f3's glock
+    // Exclusive and changes nothing (removing an extended attribute that
+    // does not exist), node 2 reads f3 again: the copy is kept.
+    assert_eq!(read(b.p("f3")), vec![b'x'; 300]);
+    let (kept0, _, _) = lvb_counters(&status_of(b));
+    let path = std::ffi::CString::new(a.p("f3").as_os_str().as_encoded_bytes()).unwrap();
+    let r = unsafe { libc::removexattr(path.as_ptr(), c"user.none".as_ptr()) };
+    let err = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!((r, err), (-1, Some(libc::ENODATA)));
+    assert_eq!(read(b.p("f3")), vec![b'x'; 300]);
+    let (kept1, _, _) = lvb_counters(&status_of(b));
+    assert!(
+        kept1 > kept0,
+        "node 2 read f3 again instead of keeping it; logs in {}",
+        t.path().display()
+    );
+
+    // A change in between is seen (the LVB's version moved on).
+    std::fs::write(a.p("f3"), b"changed").unwrap();
+    assert_eq!(read(b.p("f3")), b"changed");
+    assert_eq!(std::fs::metadata(b.p("f3")).unwrap().size(), 7);
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
+
 #[test]
 fn status_reports_members_slots_glocks_and_caches() {
     let t = tempfile::tempdir().unwrap();
@@ -952,19 +1059,7 @@ fn status_reports_members_slots_glocks_and_caches() {
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     std::fs::write(a.p("s"), b"status").unwrap();
     assert_eq!(read(b.p("s")), b"status");
-    let status = |m: &Mounted| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rdlmfs"))
-            .arg("status")
-            .arg(&m.mnt)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "status: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let status = status_of;
     let sa = status(a);
     assert!(sa.contains("locking:  lock_dlm"), "{sa}");
     assert!(sa.contains("quorate"), "{sa}");

@@ -503,9 +503,10 @@ fn a_newer_format_version_is_refused_by_mount_and_fsck_without_writes() {
     let bytes = patch_superblock(&img, |_| {});
     Superblock::decode(&bytes[SB..SB + 4096]).expect("a resealed, unchanged superblock decodes");
 
-    let bytes = patch_superblock(&img, |b| b[32..36].copy_from_slice(&2u32.to_le_bytes()));
+    let newer = rdlmfs::format::FORMAT_VERSION + 1;
+    let bytes = patch_superblock(&img, |b| b[32..36].copy_from_slice(&newer.to_le_bytes()));
     let err = Superblock::decode(&bytes[SB..SB + 4096])
-        .expect_err("format 2 must not decode")
+        .expect_err("a newer format must not decode")
         .to_string();
     assert!(
         err.contains("format_version"),
@@ -516,7 +517,9 @@ fn a_newer_format_version_is_refused_by_mount_and_fsck_without_writes() {
     assert!(!st.success());
     assert_eq!(st.code(), Some(32), "mount(8)'s 'mount failure' status");
     assert!(
-        out.contains("format_version") && out.contains('2') && out.contains("format 1"),
+        out.contains("format_version")
+            && out.contains(&newer.to_string())
+            && out.contains(&format!("format {}", newer - 1)),
         "the error should name the versions: {out}"
     );
     assert!(
@@ -531,11 +534,11 @@ fn a_newer_format_version_is_refused_by_mount_and_fsck_without_writes() {
     // "damage" it could repair), also when asked to repair, and writes
     // nothing.
     let dev = open_dev(&img);
-    let e = fsck::read_sb(&*dev).expect_err("fsck must refuse format 2");
+    let e = fsck::read_sb(&*dev).expect_err("fsck must refuse a newer format");
     assert!(!e.is_damage(), "fsck treats a newer format as damage: {e}");
     assert!(e.to_string().contains("format_version"), "{e}");
     let e = fsck::check(&*dev, FsckOptions { repair: true }, &mut |_, _, _| {})
-        .expect_err("fsck -y must refuse format 2");
+        .expect_err("fsck -y must refuse a newer format");
     assert!(!e.is_damage(), "{e}");
     drop(dev);
     assert!(

@@ -186,3 +186,39 @@ fn hashed_directory_table_outgrows_the_dinode() {
     fs.unmount().unwrap();
     assert_eq!(fsck(&img), Vec::<String>::new());
 }
+
+/// Inode numbers are formal numbers (address and generation): a dinode
+/// block freed and reused gets a new number, and the old one — still held
+/// by a kernel that cached the deleted file, possibly on another node — is
+/// ESTALE, never the new file.
+#[test]
+fn a_reused_dinode_block_gets_a_new_inode_number_and_the_old_one_is_stale() {
+    use rdlmfs::format::{formal_addr, formal_ino};
+    let t = tempfile::tempdir().unwrap();
+    let img = image(t.path(), 32 * MIB, 4096);
+    let c = root();
+    let mut fs = mount(&img);
+    let r = fs.root();
+    let a = fs.mknod(r, b"a", REG | 0o644, 0, 0, None, &c).unwrap();
+    let old = formal_ino(a.ino, a.generation);
+    assert_eq!(fs.resolve(old).unwrap(), a.ino);
+    fs.unlink(r, b"a", &c).unwrap();
+    assert_eq!(errno(fs.resolve(old)), libc::ENOENT, "deleted, not reused");
+    fs.unmount().unwrap();
+
+    // A fresh mount allocates from the start of the rgrp again: the new
+    // file lands in the freed block.
+    let mut fs = mount(&img);
+    let b = fs.mknod(r, b"b", REG | 0o644, 0, 0, None, &c).unwrap();
+    assert_eq!(
+        b.ino, a.ino,
+        "precondition: the freed dinode block is reused"
+    );
+    let new = formal_ino(b.ino, b.generation);
+    assert_ne!(new, old, "a reused block must get another inode number");
+    assert_eq!(formal_addr(new), formal_addr(old));
+    assert_eq!(errno(fs.resolve(old)), libc::ESTALE);
+    assert_eq!(fs.resolve(new).unwrap(), b.ino);
+    fs.unmount().unwrap();
+    assert_eq!(fsck(&img), Vec::<String>::new());
+}

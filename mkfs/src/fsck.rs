@@ -53,8 +53,8 @@ use rdlmfs::format::rgrp::{
 use rdlmfs::format::superblock::Superblock;
 use rdlmfs::format::sysfile::{self, StatfsRecord};
 use rdlmfs::format::{
-    BlockType, Dinode, DinodeContent, DinodeFlags, FormatError, Geometry, Indirect, JData,
-    MetaBlock, RgrpFlags, XattrBlock,
+    formal_ino, formal_matches, BlockType, Dinode, DinodeContent, DinodeFlags, FormatError,
+    Geometry, Indirect, JData, MetaBlock, RgrpFlags, XattrBlock,
 };
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -375,7 +375,7 @@ impl Checker<'_> {
             entries
                 .iter()
                 .find(|e| e.name == name.as_bytes())
-                .map(|e| e.inode)
+                .map(|e| e.addr())
         };
         let jindex = lookup(&master_entries, sysfile::JINDEX);
         let per_node = lookup(&master_entries, sysfile::PER_NODE);
@@ -910,12 +910,15 @@ impl Checker<'_> {
             return;
         };
         self.dirs.insert(ino, Vec::new());
-        let dot = entries.iter().find(|e| e.0.name == b".").map(|e| e.0.inode);
+        let dot = entries
+            .iter()
+            .find(|e| e.0.name == b".")
+            .map(|e| e.0.formal);
         let dotdot = entries
             .iter()
             .find(|e| e.0.name == b"..")
-            .map(|e| e.0.inode);
-        if dot != Some(ino) || dotdot != Some(parent) {
+            .map(|e| e.0.addr());
+        if dot != Some(formal_ino(ino, d.generation)) || dotdot != Some(parent) {
             self.find(false, format!("directory {ino} ({path}): \".\" is {dot:?} and \"..\" is {dotdot:?}, expected {ino} and {parent} (not repaired by this version)"));
         }
         let mut kept = Vec::new();
@@ -931,7 +934,7 @@ impl Checker<'_> {
             } else {
                 format!("{path}/{name}")
             };
-            let t = e.inode;
+            let t = e.addr();
             // An entry must name a block the bitmap calls a dinode.
             if let Some(s @ (BlockState::Free | BlockState::Data)) = self.state_of(t) {
                 if !self.nodes.contains_key(&t) {
@@ -939,6 +942,17 @@ impl Checker<'_> {
                     self.edit(ino, &e.name, Edit::Remove, leaf);
                     continue;
                 }
+            }
+            // Checked before the dinode is loaded (which claims it as
+            // reached): a stale entry must not keep the new inode alive.
+            let generation = match self.nodes.get(&t) {
+                Some(n) => Some(n.d.generation),
+                None => self.read::<Dinode>(t).ok().map(|d| d.generation),
+            };
+            if let Some(g) = generation.filter(|g| !formal_matches(e.formal, t, *g)) {
+                self.find(true, format!("{child}: entry names inode {:#x}, but block {t} holds generation {g} ({:#x}): the entry outlived its inode and is removed", e.formal, formal_ino(t, g)));
+                self.edit(ino, &e.name, Edit::Remove, leaf);
+                continue;
             }
             if !self.load(t, BlockState::Dinode) {
                 let why = self.bad.get(&t).cloned().unwrap_or_default();

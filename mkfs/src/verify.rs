@@ -30,7 +30,10 @@ use rdlmfs::format::rgrp::{
 };
 use rdlmfs::format::superblock::Superblock;
 use rdlmfs::format::sysfile::{self, StatfsRecord};
-use rdlmfs::format::{BlockType, Dinode, DinodeContent, Geometry, Indirect, JData, XattrBlock};
+use rdlmfs::format::{
+    formal_ino, formal_matches, BlockType, Dinode, DinodeContent, Geometry, Indirect, JData,
+    XattrBlock,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +93,7 @@ pub fn verify(dev: &dyn BlockDevice) -> Result<VerifyReport, VerifyError> {
         entries
             .iter()
             .find(|e| e.name == name.as_bytes() && e.kind == kind)
-            .map(|e| e.inode)
+            .map(|e| e.addr())
     };
     let need = |what: &str, v: Option<u64>| {
         v.ok_or_else(|| VerifyError::Inconsistent {
@@ -523,9 +526,10 @@ impl Walker<'_> {
             format!("inode {ino} ({path}) is not a directory")
         })?;
         let entries = self.dir_entries_of(ino)?;
-        let dot = entries.iter().find(|e| e.name == b".").map(|e| e.inode);
-        let dotdot = entries.iter().find(|e| e.name == b"..").map(|e| e.inode);
-        self.check(dot == Some(ino) && dotdot == Some(parent), || {
+        let dot = entries.iter().find(|e| e.name == b".").map(|e| e.formal);
+        let dotdot = entries.iter().find(|e| e.name == b"..").map(|e| e.addr());
+        let me = formal_ino(ino, d.generation);
+        self.check(dot == Some(me) && dotdot == Some(parent), || {
             format!("directory {ino} ({path}): \".\" is {dot:?} and \"..\" is {dotdot:?}, expected {ino} and {parent}")
         })?;
         let mut subdirs = 0;
@@ -539,27 +543,34 @@ impl Walker<'_> {
             } else {
                 format!("{path}/{name}")
             };
-            let cd = self.dinode(e.inode)?;
+            let child = e.addr();
+            let cd = self.dinode(child)?;
+            self.check(formal_matches(e.formal, child, cd.generation), || {
+                format!(
+                    "{child_path}: entry names inode {:#x}, block {child} holds generation {}",
+                    e.formal, cd.generation
+                )
+            })?;
             self.check(cd.file_type() == Some(e.kind), || {
                 format!(
                     "{child_path}: entry says {:?}, inode {} is {:?}",
                     e.kind,
-                    e.inode,
+                    child,
                     cd.file_type()
                 )
             })?;
             if !path.starts_with('/') {
-                self.system_files.insert(child_path.clone(), e.inode);
+                self.system_files.insert(child_path.clone(), child);
             }
             if e.kind == FileType::Directory {
                 subdirs += 1;
-                self.check(!self.links.contains_key(&e.inode), || {
-                    format!("directory {} is linked twice", e.inode)
+                self.check(!self.links.contains_key(&child), || {
+                    format!("directory {child} is linked twice")
                 })?;
-                self.links.insert(e.inode, 1);
-                self.walk_dir(e.inode, ino, &child_path)?;
+                self.links.insert(child, 1);
+                self.walk_dir(child, ino, &child_path)?;
             } else {
-                *self.links.entry(e.inode).or_insert(0) += 1;
+                *self.links.entry(child).or_insert(0) += 1;
             }
         }
         self.check(d.nlink == 2 + subdirs, || {

@@ -25,6 +25,7 @@ use rand::RngCore;
 use rdlmfs::format::block::{encode_block, MetaBlock};
 use rdlmfs::format::dinode::{self, stuffed_capacity, DinodeFlags, FileType};
 use rdlmfs::format::dir::{self, DirEntry, DirPlan, Leaf};
+use rdlmfs::format::formal_ino;
 use rdlmfs::format::journal::{lh_flags, LogHeader, StatfsDelta};
 use rdlmfs::format::layout::{plan, Layout, MkfsOptions};
 use rdlmfs::format::rgrp::{self, BitmapBlock, BlockState, RgrpBitmap, RgrpHeader, RindexEntry};
@@ -205,6 +206,9 @@ pub fn format(
     // What each rgrp's bitmap will say.
     let mut fills: Vec<Fill> = vec![Fill::Marks(Vec::new()); layout.rgrps.len()];
     let mut igeneration = vec![1u64; layout.rgrps.len()];
+    // Each journal dinode's generation, by position in the layout (the
+    // jindex entries name them by formal number).
+    let mut journal_gens = Vec::with_capacity(layout.journals.len());
 
     // 2. Journals.
     let njournals = layout.journals.len() as u64;
@@ -231,6 +235,7 @@ pub fn format(
         );
         let generation = igeneration[j.rgrp];
         igeneration[j.rgrp] += 1;
+        journal_gens.push(generation);
         let d = Dinode {
             nlink: 1,
             size: j.blocks * u64::from(bs),
@@ -290,10 +295,13 @@ pub fn format(
     };
     let s = &layout.system;
     let key = &params.dir_hash_key;
-    let ent = |ino, kind, name: &str| DirEntry::new(key, ino, kind, name.as_bytes());
     // Dinode generations follow allocation order (the plan's order).
     let gen_base = igeneration[sys_index];
     let gen_of = |addr: u64| gen_base + (addr - layout.rgrps[sys_index].data0);
+    // An entry naming a dinode of the system rgrp, by formal number.
+    let ent = |ino, kind, name: &str| {
+        DirEntry::new(key, formal_ino(ino, gen_of(ino)), kind, name.as_bytes())
+    };
     igeneration[sys_index] = gen_of(s.extra_start);
 
     // The master directory and its subdirectories.
@@ -316,11 +324,12 @@ pub fn format(
         ent(s.jindex, FileType::Directory, "."),
         ent(s.master, FileType::Directory, ".."),
     ];
-    for j in &layout.journals {
-        jentries.push(ent(
-            j.dinode,
+    for (j, generation) in layout.journals.iter().zip(&journal_gens) {
+        jentries.push(DirEntry::new(
+            key,
+            formal_ino(j.dinode, *generation),
             FileType::Regular,
-            &sysfile::journal_name(j.jid),
+            sysfile::journal_name(j.jid).as_bytes(),
         ));
     }
     sys.dir(

@@ -150,7 +150,12 @@ impl Fs {
         write_meta(&self.dev, &self.geo, ino, d).unwrap();
     }
 
+    /// Adds `name` → `ino` to a linear directory. A dinode at `ino` is
+    /// named by its formal number; any other block by its bare address
+    /// (what a corrupt entry would hold).
     fn add_entry(&self, dir_ino: u64, name: &str, ino: u64, kind: FileType) {
+        let formal = read_meta::<Dinode>(&self.dev, &self.geo, ino)
+            .map_or(ino, |t| rdlmfs::format::formal_ino(ino, t.generation));
         let mut d = self.dinode(dir_ino);
         let DinodeContent::Stuffed(body) = &mut d.content else {
             panic!("root not linear")
@@ -158,7 +163,7 @@ impl Fs {
         let mut es = dir::decode_entries(&self.geo, dir_ino, "directory", body).unwrap();
         es.push(DirEntry::new(
             &self.geo.hash_key,
-            ino,
+            formal,
             kind,
             name.as_bytes(),
         ));
@@ -217,12 +222,14 @@ impl Fs {
         let root = self.sb.root_dir;
         let cap = stuffed_capacity(self.geo.block_size);
         let mut body = vec![0u8; cap];
+        // A copy of the root's dinode, so the same generation.
+        let mut d = self.dinode(root);
+        let formal = |a| rdlmfs::format::formal_ino(a, d.generation);
         let es = vec![
-            DirEntry::new(&self.geo.hash_key, ino, FileType::Directory, b"."),
-            DirEntry::new(&self.geo.hash_key, root, FileType::Directory, b".."),
+            DirEntry::new(&self.geo.hash_key, formal(ino), FileType::Directory, b"."),
+            DirEntry::new(&self.geo.hash_key, formal(root), FileType::Directory, b".."),
         ];
         dir::encode_entries(&self.geo, ino, "directory", &es, &mut body).unwrap();
-        let mut d = self.dinode(root);
         d.mode = FileType::Directory.mode_bits() | 0o755;
         d.size = cap as u64;
         d.blocks = 1;
@@ -461,6 +468,32 @@ fn entry_pointing_at_a_free_block() {
     report_then_repair(&p, "ghost: entry names block");
     let v = verify(&open(&p)).unwrap();
     assert!(v.root_entries.iter().all(|e| e.name != b"ghost"));
+}
+
+/// An entry whose formal number no longer matches the dinode at its
+/// address (the inode was freed and the block reused by another) is
+/// reported and removed.
+#[test]
+fn entry_naming_a_reused_dinode_block() {
+    let s = Scratch::new("fsck-entry-stale");
+    let (p, a) = base(&s, nolock());
+    let fs = Fs::open(&p);
+    let mut d = fs.dinode(a);
+    fs.add_entry(fs.sb.root_dir, "stale", a, FileType::Regular);
+    // The dinode becomes another inode: same block, next generation.
+    d.generation += 1;
+    d.nlink = 1;
+    fs.put(a, &d);
+    // Both "a" and "stale" hold the old number: both go, and the new
+    // inode, which nothing names, is an orphan that the repair frees.
+    drop(fs);
+    report_then_repair(&p, "stale: entry names inode");
+    let v = verify(&open(&p)).unwrap();
+    assert!(v
+        .root_entries
+        .iter()
+        .all(|e| e.name != b"stale" && e.name != b"a"));
+    assert_eq!(Fs::open(&p).state(a), BlockState::Free);
 }
 
 #[test]

@@ -21,7 +21,7 @@
 //!
 //! | off | size | field |
 //! |-----|------|-------|
-//! | 0   | 8    | inode (0 = unused record) |
+//! | 0   | 8    | formal inode number ([`super::formal_ino`]; 0 = unused record) |
 //! | 8   | 4    | hash ([`name_hash`] of the name) |
 //! | 12  | 2    | rec_len (bytes to the next record) |
 //! | 14  | 1    | name_len (1..=255) |
@@ -127,7 +127,9 @@ pub fn valid_name(name: &[u8]) -> bool {
 /// A directory entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DirEntry {
-    pub inode: u64,
+    /// The named inode's formal number: its dinode address and low
+    /// generation bits (see [`super::formal_ino`]).
+    pub formal: u64,
     pub hash: u32,
     pub kind: FileType,
     pub name: Vec<u8>,
@@ -135,13 +137,18 @@ pub struct DirEntry {
 
 impl DirEntry {
     /// An entry with its hash computed under `key`.
-    pub fn new(key: &[u8; 16], inode: u64, kind: FileType, name: &[u8]) -> DirEntry {
+    pub fn new(key: &[u8; 16], formal: u64, kind: FileType, name: &[u8]) -> DirEntry {
         DirEntry {
-            inode,
+            formal,
             hash: name_hash(key, name),
             kind,
             name: name.to_vec(),
         }
+    }
+
+    /// The dinode address of the named inode.
+    pub fn addr(&self) -> u64 {
+        super::formal_addr(self.formal)
     }
 
     fn validate(&self, geo: &Geometry, blkno: u64, structure: &'static str) -> Result<()> {
@@ -154,12 +161,15 @@ impl DirEntry {
                 format!("{show:?} ({} bytes) is not a valid name", self.name.len()),
             ));
         }
-        if !geo.is_valid_addr(self.inode) {
+        if !geo.is_valid_addr(self.addr()) {
             return Err(FormatError::field(
                 blkno,
                 structure,
                 "entry inode",
-                format!("{show:?} points at {}, outside the file system", self.inode),
+                format!(
+                    "{show:?} points at {}, outside the file system",
+                    self.addr()
+                ),
             ));
         }
         let want = name_hash(&geo.hash_key, &self.name);
@@ -237,7 +247,7 @@ pub fn encode_entries(
         } else {
             record_len(e.name.len())
         };
-        put_u64(area, off, e.inode);
+        put_u64(area, off, e.formal);
         put_u32(area, off + 8, e.hash);
         put_u16(area, off + 12, rec_len_field(len));
         area[off + 14] = e.name.len() as u8;
@@ -285,7 +295,7 @@ pub fn decode_entries(
         if area.len() - off < DIRENT_HEADER_SIZE {
             return bad(off, "truncated record header".into());
         }
-        let inode = get_u64(area, off);
+        let formal = get_u64(area, off);
         let hash = get_u32(area, off + 8);
         let rec_len = usize::from(get_u16(area, off + 12));
         let name_len = usize::from(area[off + 14]);
@@ -300,7 +310,7 @@ pub fn decode_entries(
             );
         }
         let rec = &area[off..off + rec_len];
-        if inode == 0 {
+        if formal == 0 {
             if hash != 0
                 || name_len != 0
                 || dtype != 0
@@ -323,7 +333,7 @@ pub fn decode_entries(
                 return bad(off, "padding after the name is not zero".into());
             }
             let e = DirEntry {
-                inode,
+                formal,
                 hash,
                 kind,
                 name: name.to_vec(),

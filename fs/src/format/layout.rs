@@ -448,6 +448,15 @@ fn plan_impl(device_bytes: u64, opts: &MkfsOptions, explain: bool) -> Result<Lay
         });
     }
     let total_blocks = pos;
+    if total_blocks > super::MAX_TOTAL_BLOCKS {
+        return Err(LayoutError::TooLarge {
+            device_bytes,
+            detail: format!(
+                "{total_blocks} blocks exceed the format's limit of 2^{} blocks; use a larger block size or a smaller device",
+                super::FORMAL_ADDR_BITS
+            ),
+        });
+    }
 
     // The system files at the start of the first regular rgrp.
     let Some(sys) = rgrps.get(system_rgrp).copied() else {

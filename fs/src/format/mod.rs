@@ -47,7 +47,10 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"RDLM");
 
 /// The major format version in the superblock. A reader refuses any other
 /// value; compatible growth goes through the feature flags instead.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2: directory entries hold *formal* inode numbers
+/// ([`formal_ino`]) instead of bare dinode addresses.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Byte offset of the superblock, whatever the block size (as GFS2: 64 KiB,
 /// so a partition table or boot loader in front of it survives, and a probe
@@ -72,6 +75,47 @@ pub const MAX_DIR_DEPTH: u8 = 24;
 
 /// Most journals (node slots) one file system may have.
 pub const MAX_JOURNALS: u32 = 256;
+
+/// Bits of a formal inode number that hold the dinode's block address; the
+/// bits above hold the low bits of its generation. A file system may have
+/// at most `2^44` blocks (64 PiB at 4 KiB blocks).
+pub const FORMAL_ADDR_BITS: u32 = 44;
+
+/// Most blocks a file system may have (see [`FORMAL_ADDR_BITS`]).
+pub const MAX_TOTAL_BLOCKS: u64 = 1 << FORMAL_ADDR_BITS;
+
+const FORMAL_ADDR_MASK: u64 = MAX_TOTAL_BLOCKS - 1;
+
+/// The generation bits a formal inode number keeps.
+const FORMAL_GEN_MASK: u64 = (1 << (64 - FORMAL_ADDR_BITS)) - 1;
+
+/// An inode's *formal number* (GFS2's `no_formal_ino` beside `no_addr`):
+/// its dinode's block address in the low [`FORMAL_ADDR_BITS`] bits, the
+/// low 20 bits of its generation above them. It is what directory entries
+/// hold and what users see as the inode number.
+///
+/// Why not the bare address: a freed dinode block is reused, at once and
+/// by any node. Someone holding the old number — a directory entry that a
+/// bug left behind, another node's kernel that still caches the inode
+/// (FUSE names an inode by this number) — must find a *different* number
+/// at that address, not silently the new file. The generation grows with
+/// every dinode allocated in an rgrp, so a reused block gets a new formal
+/// number; a collision needs exactly a multiple of 2^20 allocations in
+/// that rgrp in between.
+pub fn formal_ino(addr: u64, generation: u64) -> u64 {
+    debug_assert!(addr <= FORMAL_ADDR_MASK, "dinode address {addr} too large");
+    ((generation & FORMAL_GEN_MASK) << FORMAL_ADDR_BITS) | (addr & FORMAL_ADDR_MASK)
+}
+
+/// The dinode address of a formal inode number.
+pub fn formal_addr(formal: u64) -> u64 {
+    formal & FORMAL_ADDR_MASK
+}
+
+/// Whether `formal` names the inode at `addr` of this `generation`.
+pub fn formal_matches(formal: u64, addr: u64, generation: u64) -> bool {
+    formal == formal_ino(addr, generation)
+}
 
 /// What every decoder needs to know about the file system it reads: all of
 /// it comes from the superblock ([`Superblock::geometry`]).

@@ -407,6 +407,16 @@ impl Superblock {
                 ),
             );
         }
+        if self.total_blocks > super::MAX_TOTAL_BLOCKS {
+            return bad(
+                "total_blocks",
+                format!(
+                    "{} exceeds the format's limit of 2^{} blocks (formal inode numbers)",
+                    self.total_blocks,
+                    super::FORMAL_ADDR_BITS
+                ),
+            );
+        }
         if self
             .total_blocks
             .checked_mul(u64::from(self.block_size))
