@@ -381,8 +381,32 @@ impl BufCache {
         }
     }
 
-    /// Drops every clean block (a glock went to another node, and with it
-    /// the right to trust what this node read under it).
+    /// Drops the clean blocks inode `ino`'s glock covers: its dinode, and
+    /// every block whose header names it as owner (indirect, directory
+    /// leaf, JDATA and xattr blocks). An inode glock went to another node,
+    /// and with it the right to trust what this node read under it; blocks
+    /// of other inodes stay (their glocks are still held, or dropped
+    /// theirs when they went). A scan of the cache: demotes that give a
+    /// glock up are not the hot path, and an index would have to follow
+    /// every insert and eviction.
+    pub fn invalidate_inode(&mut self, ino: u64) {
+        let dirty = &self.dirty;
+        let ail = &self.ail;
+        self.bufs.retain(|b, buf| {
+            dirty.contains(b) || ail.contains(b) || block_owner(*b, &buf.data) != Some(ino)
+        });
+    }
+
+    /// Drops the clean blocks in `range` (an rgrp's header and bitmaps,
+    /// when its glock goes).
+    pub fn invalidate_range(&mut self, range: std::ops::Range<u64>) {
+        let dirty = &self.dirty;
+        let ail = &self.ail;
+        self.bufs
+            .retain(|b, _| dirty.contains(b) || ail.contains(b) || !range.contains(b));
+    }
+
+    /// Drops every clean block.
     pub fn invalidate_clean(&mut self) {
         let dirty = &self.dirty;
         let ail = &self.ail;
@@ -396,6 +420,33 @@ impl BufCache {
 
     pub fn stats(&self) -> CacheStats {
         self.stats
+    }
+}
+
+/// The inode a cached metadata block belongs to, from its bytes: a
+/// dinode is its own; indirect, leaf, JDATA and xattr blocks name their
+/// owner at offset 32 (see `docs/format.md`). None for anything else (rgrp
+/// headers and bitmaps, journal blocks, the superblock).
+fn block_owner(blkno: u64, data: &[u8]) -> Option<u64> {
+    use crate::format::BlockType;
+    if data.len() < 40 {
+        return None;
+    }
+    let kind = u16::from_le_bytes([data[4], data[5]]);
+    let owned = [
+        BlockType::Indirect as u16,
+        BlockType::Leaf as u16,
+        BlockType::JData as u16,
+        BlockType::Xattr as u16,
+    ];
+    if kind == BlockType::Dinode as u16 {
+        Some(blkno)
+    } else if owned.contains(&kind) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&data[32..40]);
+        Some(u64::from_le_bytes(w))
+    } else {
+        None
     }
 }
 
@@ -444,6 +495,33 @@ mod tests {
         // The cache still serves the running transaction's version.
         assert_eq!(c.read_meta::<Indirect>(&dev, 100).unwrap().owner - 40, 2);
         assert_eq!(c.dirty_blocks(), 1);
+    }
+
+    /// A demote of one inode drops that inode's clean blocks only; dirty
+    /// or committed-but-not-in-place ones stay whatever their owner.
+    #[test]
+    fn invalidating_an_inode_drops_only_its_clean_blocks() {
+        let (_d, dev, mut c) = setup();
+        // 100 and 102 belong to inode 41, 101 to 42, 103 to 43.
+        c.write_meta(100, &ind(1)).unwrap();
+        c.write_meta(101, &ind(2)).unwrap();
+        c.write_meta(102, &ind(1)).unwrap();
+        c.write_meta(103, &ind(3)).unwrap();
+        c.committed();
+        c.checkpoint(&dev).unwrap();
+        c.write_meta(102, &ind(1)).unwrap(); // dirty again
+        assert_eq!(c.cached_blocks(), 4);
+        c.invalidate_inode(41);
+        assert_eq!(c.cached_blocks(), 3, "only block 100 goes");
+        let misses = c.stats().misses;
+        c.read_meta::<Indirect>(&dev, 101).unwrap();
+        c.read_meta::<Indirect>(&dev, 102).unwrap();
+        c.read_meta::<Indirect>(&dev, 103).unwrap();
+        assert_eq!(c.stats().misses, misses, "other blocks stayed cached");
+        c.read_meta::<Indirect>(&dev, 100).unwrap();
+        assert_eq!(c.stats().misses, misses + 1);
+        c.invalidate_range(101..103);
+        assert_eq!(c.cached_blocks(), 3, "dirty 102 stays, 101 goes");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Joined {
     pub events: Option<Events>,
     /// The lockspace (the lock table, "cluster:fsname").
     pub lockspace: String,
+    /// The record locks' lockspace (`plock.rs`).
+    pub plock_lockspace: String,
     /// The cluster's name.
     pub cluster: String,
     /// This run of this node (a remount is a new one).
@@ -87,15 +89,26 @@ pub fn join(
         },
     )
     .map_err(|e| format!("joining lockspace {lockspace:?}: {e}"))?;
+    // Record locks live in LVBs of their own, 1 KiB each (`plock.rs`).
+    let plock_lockspace = crate::plock::Plocks::lockspace_of(&lockspace);
+    dlm.join_lockspace_with(
+        &plock_lockspace,
+        LsOptions {
+            lvb_len: crate::plock::PLOCK_LVB_LEN,
+        },
+    )
+    .map_err(|e| format!("joining lockspace {plock_lockspace:?}: {e}"))?;
     let deadline = Instant::now() + timeout;
     let (slot, incarnation) = loop {
         let st = dlm
             .status()
             .map_err(|e| format!("lock manager status: {e}"))?;
-        let in_ls = st
-            .lockspaces
-            .iter()
-            .any(|l| l.name == lockspace && l.members.contains(&node) && !l.recovering);
+        let joined = |name: &str| {
+            st.lockspaces
+                .iter()
+                .any(|l| l.name == name && l.members.contains(&node) && !l.recovering)
+        };
+        let in_ls = joined(&lockspace) && joined(&plock_lockspace);
         if let (true, true, Some(slot)) = (st.quorate, in_ls, st.slot) {
             break (slot, st.incarnation);
         }
@@ -123,6 +136,7 @@ pub fn join(
         proto,
         events: Some(events),
         lockspace,
+        plock_lockspace,
         cluster: table.cluster.clone(),
         incarnation,
         slot,

@@ -41,6 +41,9 @@ pub struct Failover {
     pub dlm: BlockingDlm,
     /// The file system's lockspace; events of other lockspaces are not ours.
     pub lockspace: String,
+    /// The record locks' lockspace (`plock.rs`): nothing to replay there,
+    /// but its grants wait for the dead node to be fenced.
+    pub plock_lockspace: String,
     /// The cluster's name (part of every node's NBD client id).
     pub cluster: String,
     /// This node's journal.
@@ -75,16 +78,51 @@ impl Failover {
                     incarnation,
                     slot,
                 } if lockspace == self.lockspace => self.recover(node, incarnation, slot),
+                DlmEvent::RecoverSlot {
+                    lockspace,
+                    node,
+                    incarnation,
+                    ..
+                } if lockspace == self.plock_lockspace => self.recover_plocks(node, incarnation),
                 DlmEvent::Lost { reason } => {
                     self.gate
                         .shut(&format!("this node lost the cluster: {reason}"));
                 }
-                DlmEvent::LockspaceLost { lockspace, reason } if lockspace == self.lockspace => {
+                DlmEvent::LockspaceLost { lockspace, reason }
+                    if lockspace == self.lockspace || lockspace == self.plock_lockspace =>
+                {
                     self.gate.shut(&format!(
                         "this node's locks in lockspace {lockspace:?} are gone: {reason}"
                     ));
                 }
                 other => tracing::info!(event = ?other, "lock manager"),
+            }
+        }
+    }
+
+    /// A dead node's record locks: its published ranges stop counting
+    /// once it is out of the lockspace (`plock.rs`); the others may take
+    /// them when it can no longer write, so fence it first.
+    fn recover_plocks(&self, node: NodeId, incarnation: u64) {
+        self.fence(node, incarnation);
+        if let Err(e) = self
+            .dlm
+            .recovery_done_in(&self.plock_lockspace, node, incarnation)
+        {
+            tracing::error!(node, error = %e, "record locks: telling the lock manager recovery is done");
+        }
+    }
+
+    /// Makes the NBD server refuse `node`'s I/O (that incarnation), if it
+    /// can fence.
+    fn fence(&self, node: NodeId, incarnation: u64) {
+        if let Some(admin) = &self.nbd_admin {
+            let id = fence::client_id(&self.cluster, node, incarnation);
+            if let Err(e) = fence::fence_at_server(admin, &id) {
+                // The lock manager waited out the node's lease before
+                // declaring it dead, so it has stopped writing if its
+                // clock is sound; go on rather than hold the cluster.
+                tracing::error!(node, error = %e, "could not fence at the NBD server; relying on the lease");
             }
         }
     }
@@ -110,15 +148,7 @@ impl Failover {
         }
         // 1. Fence: from here on the server refuses the dead node's I/O
         //    (if it is only cut off, not dead).
-        if let Some(admin) = &self.nbd_admin {
-            let id = fence::client_id(&self.cluster, node, incarnation);
-            if let Err(e) = fence::fence_at_server(admin, &id) {
-                // The lock manager waited out the node's lease before
-                // declaring it dead, so it has stopped writing if its
-                // clock is sound; go on rather than hold the cluster.
-                tracing::error!(node, error = %e, "could not fence at the NBD server; relying on the lease");
-            }
-        }
+        self.fence(node, incarnation);
         let fenced = start.elapsed();
         // 2. The journal glock: whoever gets it replays.
         let name = GlockName::journal(jid);

@@ -18,16 +18,16 @@
 use crate::acl::Cred;
 use crate::demote::KernelCaches;
 use crate::error::FsError;
-use crate::flock::Flocks;
 use crate::format::{formal_ino, FileType as FT, Timestamp};
 use crate::glock::{GlockKind, GlockName};
 use crate::mount::Fs;
 use crate::ops::{Attr, SetAttr, SetTime};
+use crate::plock::{LockRequest, Plocks};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -39,8 +39,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct RdlmFuse {
     fs: Arc<Mutex<Option<Fs>>>,
     ttl: Duration,
-    /// Cluster-wide flock(2); None: the kernel keeps flocks node-local.
-    flocks: Option<Arc<Flocks>>,
+    /// Cluster-wide record locks and flock(2); None: the kernel keeps
+    /// them node-local.
+    plocks: Option<Arc<Plocks>>,
     /// A cluster mount: O_APPEND files bypass the page cache (below).
     cluster: bool,
 }
@@ -53,16 +54,16 @@ impl RdlmFuse {
         RdlmFuse {
             fs,
             ttl,
-            flocks: None,
+            plocks: None,
             cluster: false,
         }
     }
 
-    /// A cluster mount: flock(2) goes through `flocks` (cluster-wide)
-    /// instead of staying in this node's kernel, and appends are made at
-    /// the end of the file as the cluster knows it.
-    pub fn clustered(mut self, flocks: Arc<Flocks>) -> RdlmFuse {
-        self.flocks = Some(flocks);
+    /// A cluster mount: fcntl record locks and flock(2) go through
+    /// `plocks` (cluster-wide) instead of staying in this node's kernel,
+    /// and appends are made at the end of the file as the cluster knows it.
+    pub fn clustered(mut self, plocks: Arc<Plocks>) -> RdlmFuse {
+        self.plocks = Some(plocks);
         self.cluster = true;
         self
     }
@@ -406,8 +407,16 @@ impl Filesystem for RdlmFuse {
         // does not own the file may not do: the write would fail (EPERM).
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV);
         let _ = config.set_max_readahead(1 << 20);
-        if self.flocks.is_some() {
-            // flock(2) comes to us as setlk; fcntl locks stay local.
+        if self.plocks.is_some() {
+            // fcntl record locks and flock(2) come to us (setlk/getlk).
+            if config
+                .add_capabilities(InitFlags::FUSE_POSIX_LOCKS)
+                .is_err()
+            {
+                tracing::warn!(
+                    "the kernel cannot pass fcntl locks to the file system: they stay node-local"
+                );
+            }
             if config
                 .add_capabilities(InitFlags::FUSE_FLOCK_LOCKS)
                 .is_err()
@@ -436,27 +445,22 @@ impl Filesystem for RdlmFuse {
         ino: INodeNo,
         _fh: FileHandle,
         lock_owner: LockOwner,
-        _start: u64,
-        _end: u64,
+        start: u64,
+        end: u64,
         typ: i32,
-        _pid: u32,
+        pid: u32,
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(flocks) = self.flocks.clone() else {
+        let Some(plocks) = self.plocks.clone() else {
             reply.error(Errno::from_i32(libc::ENOSYS));
             return;
         };
-        let ino = ino.0;
-        let owner = lock_owner.0;
-        let exclusive = match typ {
-            libc::F_UNLCK => {
-                flocks.unlock(ino, owner);
-                reply.ok();
-                return;
-            }
-            libc::F_WRLCK => true,
-            libc::F_RDLCK => false,
+        let (ino, owner) = (ino.0, lock_owner.0);
+        let kind = match typ {
+            libc::F_UNLCK => None,
+            libc::F_WRLCK => Some(true),
+            libc::F_RDLCK => Some(false),
             _ => {
                 reply.error(Errno::from_i32(libc::EINVAL));
                 return;
@@ -466,21 +470,74 @@ impl Filesystem for RdlmFuse {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(Errno::from_i32(e)),
         };
-        if !sleep {
-            answer(reply, flocks.lock(ino, owner, exclusive, false));
+        let req = LockRequest {
+            owner,
+            pid,
+            start,
+            end,
+            kind,
+        };
+        if !sleep || kind.is_none() {
+            answer(reply, plocks.setlk(ino, req, false));
             return;
         }
         // A wait may be long: it must not hold one of the few FUSE
         // threads (the request that unlocks may need it).
-        if !flocks.may_wait() {
+        if !plocks.begin_wait() {
             reply.error(Errno::from_i32(libc::ENOLCK));
             return;
         }
         let spawned = std::thread::Builder::new()
-            .name("rdlmfs-flock".into())
-            .spawn(move || answer(reply, flocks.lock(ino, owner, exclusive, true)));
+            .name("rdlmfs-plock".into())
+            .spawn({
+                let plocks = plocks.clone();
+                move || {
+                    let r = plocks.setlk(ino, req, true);
+                    plocks.end_wait();
+                    answer(reply, r);
+                }
+            });
         if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a flock waiter");
+            plocks.end_wait();
+            tracing::error!(error = %e, "cannot start a record lock waiter");
+        }
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(plocks) = self.plocks.clone() else {
+            reply.error(Errno::from_i32(libc::ENOSYS));
+            return;
+        };
+        let write = match typ {
+            libc::F_WRLCK => true,
+            libc::F_RDLCK => false,
+            _ => {
+                reply.error(Errno::from_i32(libc::EINVAL));
+                return;
+            }
+        };
+        match plocks.getlk(ino.0, lock_owner.0, start, end, write) {
+            Ok(Some(r)) => {
+                let t = if r.write {
+                    libc::F_WRLCK
+                } else {
+                    libc::F_RDLCK
+                };
+                reply.locked(r.start, r.end, t, r.pid);
+            }
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => reply.error(Errno::from_i32(e)),
         }
     }
 
@@ -750,11 +807,16 @@ impl Filesystem for RdlmFuse {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // A close drops the closing process's record locks on the file
+        // (POSIX: any close of the file by the process).
+        if let Some(plocks) = &self.plocks {
+            plocks.drop_owner(ino.0, lock_owner.0);
+        }
         reply.ok();
     }
 
@@ -768,8 +830,10 @@ impl Filesystem for RdlmFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let (Some(flocks), Some(owner)) = (&self.flocks, lock_owner) {
-            flocks.unlock(ino.0, owner.0);
+        // The last close of an open file drops its flock (the kernel
+        // names the open file as owner only if it took one).
+        if let (Some(plocks), Some(owner)) = (&self.plocks, lock_owner) {
+            plocks.drop_owner(ino.0, owner.0);
         }
         empty(reply, self.with(|fs| fs.release(ino_addr(fs, ino))));
     }

@@ -33,8 +33,6 @@ pub enum GlockKind {
     /// Open-file tracking: held shared by every node that has the inode
     /// open, so the last closer in the cluster frees an unlinked file.
     Iopen = 5,
-    /// flock(2) on an inode.
-    Flock = 6,
     /// A journal (number = journal id).
     Journal = 9,
 }
@@ -277,6 +275,51 @@ impl Glocks {
             self.hold(*n, *m)?;
         }
         Ok(())
+    }
+
+    /// [`Glocks::hold`] for an operation that can do without `name` (the
+    /// allocator skips an rgrp another node is using): a glock not held is
+    /// asked for *without waiting* (the lock module's try), so this may be
+    /// called with the file system held and never returns
+    /// [`FsError::GlockWait`]. Ok(false) when another node holds it
+    /// incompatibly, recovery holds grants back, or a request or demote
+    /// for it is in flight here (a second request on the same lock would
+    /// race that one at the lock module; a demote in flight means another
+    /// node wants it).
+    pub fn try_hold(&self, name: GlockName, mode: GlockMode) -> Result<bool> {
+        let (lock, changed) = &*self.table;
+        let mut g = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let t = &mut *g;
+        let e = t.entries.entry(name).or_default();
+        if e.mode >= Some(mode) {
+            e.uses += 1;
+            t.stats.cached += 1;
+            return Ok(true);
+        }
+        if !self.proto.may_wait() {
+            drop(g);
+            return self.hold(name, mode).map(|()| true);
+        }
+        if e.busy {
+            return Ok(false);
+        }
+        e.busy = true;
+        drop(g);
+        let r = self.proto.try_lock(name, mode);
+        let mut g = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let t = &mut *g;
+        let e = t.entries.entry(name).or_default();
+        e.busy = false;
+        changed.notify_all();
+        if matches!(r, Ok(true)) {
+            e.mode = Some(mode);
+            e.granted_at = Some(Instant::now());
+            e.uses += 1;
+            // The try reports no LVB: none is known rather than an older one.
+            e.lvb = None;
+            t.stats.acquired += 1;
+        }
+        r
     }
 
     /// Waits until this node holds `name` in at least `mode`, asking the

@@ -32,7 +32,7 @@ impl Fs {
                 self.commit()?;
                 self.checkpoint_and_mark_tail()
             }
-            GlockKind::Control | GlockKind::Flock | GlockKind::Journal => Ok(()),
+            GlockKind::Control | GlockKind::Journal => Ok(()),
         }
     }
 
@@ -52,14 +52,16 @@ impl Fs {
                 if let Some(di) = kept.filter(|d| d.nlink > 0) {
                     self.keep_released(name.number, di);
                 }
-                // Which cached blocks belong to the inode is not recorded;
-                // every clean block goes (it was all written in place by
-                // go_sync, so nothing is lost but the reads).
-                self.cache.invalidate_clean();
+                // The inode's own blocks (their headers name it); other
+                // inodes' blocks stay cached under their own glocks.
+                self.cache.invalidate_inode(name.number);
             }
             GlockKind::Rgrp => {
                 self.rgrps.forget_rgrp(name.number);
-                self.cache.invalidate_clean();
+                match self.rgrps.header_blocks(name.number) {
+                    Some(r) => self.cache.invalidate_range(r),
+                    None => self.cache.invalidate_clean(),
+                }
             }
             _ => {}
         }

@@ -471,13 +471,17 @@ impl Fs {
         let (ino, mut di) = if kind == FileType::Directory {
             // The dinode must be valid when first written: allocate, then
             // build "." and ".." with the address known.
-            let (ino, _, generation) = self.rgrps.alloc(
-                &mut self.cache,
-                &*self.dev,
-                BlockState::Dinode,
-                Some(parent),
-                1,
-            )?;
+            //
+            // In a cluster a new directory goes to this node's home rgrp
+            // (no goal), not beside its parent (Orlov-style spreading, as
+            // GFS2 does for directories): its files follow it, so trees
+            // that different nodes create land in different rgrps and
+            // their creates do not pass rgrp glocks back and forth. One
+            // node keeps directories near their parents.
+            let goal = (!self.glocks.is_clustered()).then_some(parent);
+            let (ino, _, generation) =
+                self.rgrps
+                    .alloc(&mut self.cache, &*self.dev, BlockState::Dinode, goal, 1)?;
             let key = self.geo.hash_key;
             let ents = vec![
                 crate::format::DirEntry::new(

@@ -10,7 +10,11 @@
 //! (Exclusive); in a cluster a glock this node does not hold turns into
 //! [`FsError::GlockWait`] and the operation runs again once it is held.
 //! When another node takes an rgrp glock, [`Rgrps::forget_rgrp`] drops
-//! what was loaded from it.
+//! what was loaded from it. Allocation in a cluster first goes where no
+//! wait is needed — rgrps this node holds, or whose glock a try gets at
+//! once — and waits only when none of those has room (see
+//! [`Rgrps::alloc`]): every rgrp glock handoff costs the giver a commit
+//! and a checkpoint of its whole journal.
 //!
 //! Freed blocks are not reused until the transaction that freed them
 //! commits: otherwise a crash could replay the old owner's pointers onto a
@@ -128,6 +132,12 @@ impl Rgrps {
 
     /// Forgets the rgrp whose header is at `addr` (its glock is going to
     /// another node).
+    /// The header and bitmap blocks of the rgrp at `addr`.
+    pub fn header_blocks(&self, addr: u64) -> Option<std::ops::Range<u64>> {
+        let e = self.entries.iter().find(|e| e.addr == addr)?;
+        Some(e.addr..e.addr + u64::from(e.length))
+    }
+
     pub fn forget_rgrp(&mut self, addr: u64) {
         if let Some(i) = self.entries.iter().position(|e| e.addr == addr) {
             self.loaded.remove(&i);
@@ -196,6 +206,16 @@ impl Rgrps {
     /// Allocates up to `max` contiguous blocks (at least one) in `state`
     /// (DATA or DINODE), near `goal` if given. Returns the first address,
     /// the count, and for a dinode its generation number.
+    ///
+    /// With one node the rgrps are searched from the goal's (else this
+    /// node's home rgrp) onwards. In a cluster that order alone makes
+    /// nodes fight: two nodes creating files in different directories
+    /// whose dinodes share an rgrp would both need its glock Exclusive,
+    /// and every handoff commits and checkpoints the whole journal
+    /// (`glops.rs`). So a cluster mount first looks only where it need not
+    /// wait for anyone ([`Rgrps::alloc_without_waiting`], GFS2's
+    /// `gfs2_inplace_reserve` with `LM_FLAG_TRY` on its first passes) and
+    /// waits for an rgrp glock only when that finds no room.
     pub fn alloc(
         &mut self,
         cache: &mut BufCache,
@@ -205,8 +225,13 @@ impl Rgrps {
         max: u32,
     ) -> Result<(u64, u32, u64)> {
         assert!(matches!(state, BlockState::Data | BlockState::Dinode));
-        let n = self.entries.len();
         let start = goal.and_then(|g| self.index_of(g)).unwrap_or(self.home);
+        if self.glocks.is_clustered() {
+            if let Some(got) = self.alloc_without_waiting(cache, dev, state, goal, start, max)? {
+                return Ok(got);
+            }
+        }
+        let n = self.entries.len();
         for k in 0..n {
             let i = (start + k) % n;
             if !allocatable(self.entries[i].flags) {
@@ -214,47 +239,115 @@ impl Rgrps {
             }
             self.glock(i, GlockMode::Exclusive)?;
             self.load(cache, dev, i)?;
-            let l = self.loaded.get_mut(&i).expect("loaded");
-            if l.hdr.free == 0 {
-                continue;
+            let near = if k == 0 { goal } else { None };
+            if let Some(got) = self.alloc_in(cache, i, state, near, max)? {
+                return Ok(got);
             }
-            let from = match goal {
-                Some(g) if k == 0 && g >= l.hdr.data0 => (g - l.hdr.data0) as u32,
-                _ => l.rotor,
-            };
-            let Some(first) = find_free(&l.bits, from, l.hdr.data0, &self.pending_free) else {
-                continue;
-            };
-            let mut count = 1u32;
-            if state == BlockState::Data {
-                while count < max
-                    && first + count < l.bits.len()
-                    && l.bits.get(first + count) == Some(BlockState::Free)
-                    && !self
-                        .pending_free
-                        .contains(&(l.hdr.data0 + u64::from(first + count)))
-                {
-                    count += 1;
-                }
-            }
-            l.bits.set_range(first, count, state);
-            l.hdr.free -= count;
-            let mut generation = 0;
-            if state == BlockState::Dinode {
-                l.hdr.dinodes += 1;
-                generation = l.hdr.igeneration;
-                l.hdr.igeneration += 1;
-                self.delta.dinodes += 1;
-            }
-            l.rotor = first + count;
-            self.delta.free -= i64::from(count);
-            let addr = l.hdr.data0 + u64::from(first);
-            tracing::debug!(addr, count, ?state, "allocated");
-            let bits: Vec<u32> = (first..first + count).collect();
-            self.log_change(cache, i, &bits)?;
-            return Ok((addr, count, generation));
         }
         Err(FsError::Errno(libc::ENOSPC))
+    }
+
+    /// The cluster's first two passes over the rgrps, from `start` (the
+    /// goal's rgrp, else home), taking no glock that needs a wait:
+    ///
+    /// 1. `start` and this node's home rgrp (try-locked if not held: they
+    ///    are where this allocation belongs), and every rgrp this node
+    ///    already holds Exclusive (free to use; GFS2's `fast_to_acquire`);
+    /// 2. every other rgrp, try-locked.
+    ///
+    /// A failed try skips the rgrp: an error here would undo the whole
+    /// operation to wait for a glock the allocation does not need. A
+    /// glock won by a try stays cached like any other, so the next
+    /// allocation finds it in pass 1 without asking. None when neither
+    /// pass found room; the caller then waits as a single node would.
+    fn alloc_without_waiting(
+        &mut self,
+        cache: &mut BufCache,
+        dev: &dyn BlockDevice,
+        state: BlockState,
+        goal: Option<u64>,
+        start: usize,
+        max: u32,
+    ) -> Result<Option<(u64, u32, u64)>> {
+        let n = self.entries.len();
+        for pass in 0..2 {
+            for k in 0..n {
+                let i = (start + k) % n;
+                if !allocatable(self.entries[i].flags) {
+                    continue;
+                }
+                let name = GlockName::rgrp(self.entries[i].addr);
+                let first = i == start
+                    || i == self.home
+                    || self.glocks.mode(name) == Some(GlockMode::Exclusive);
+                if first != (pass == 0) {
+                    continue;
+                }
+                if !self.glocks.try_hold(name, GlockMode::Exclusive)? {
+                    tracing::debug!(rgrp = i, "rgrp busy on another node: skipped");
+                    continue;
+                }
+                self.load(cache, dev, i)?;
+                let near = if k == 0 { goal } else { None };
+                if let Some(got) = self.alloc_in(cache, i, state, near, max)? {
+                    return Ok(Some(got));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Allocates in loaded rgrp `i` (its glock held Exclusive), from
+    /// `goal` if it is given (and lies at or past the rgrp's data), else
+    /// from where the last allocation here ended. None if it has no
+    /// reusable free block.
+    fn alloc_in(
+        &mut self,
+        cache: &mut BufCache,
+        i: usize,
+        state: BlockState,
+        goal: Option<u64>,
+        max: u32,
+    ) -> Result<Option<(u64, u32, u64)>> {
+        let l = self.loaded.get_mut(&i).expect("loaded");
+        if l.hdr.free == 0 {
+            return Ok(None);
+        }
+        let from = match goal {
+            Some(g) if g >= l.hdr.data0 => (g - l.hdr.data0) as u32,
+            _ => l.rotor,
+        };
+        let Some(first) = find_free(&l.bits, from, l.hdr.data0, &self.pending_free) else {
+            return Ok(None);
+        };
+        let mut count = 1u32;
+        if state == BlockState::Data {
+            while count < max
+                && first + count < l.bits.len()
+                && l.bits.get(first + count) == Some(BlockState::Free)
+                && !self
+                    .pending_free
+                    .contains(&(l.hdr.data0 + u64::from(first + count)))
+            {
+                count += 1;
+            }
+        }
+        l.bits.set_range(first, count, state);
+        l.hdr.free -= count;
+        let mut generation = 0;
+        if state == BlockState::Dinode {
+            l.hdr.dinodes += 1;
+            generation = l.hdr.igeneration;
+            l.hdr.igeneration += 1;
+            self.delta.dinodes += 1;
+        }
+        l.rotor = first + count;
+        self.delta.free -= i64::from(count);
+        let addr = l.hdr.data0 + u64::from(first);
+        tracing::debug!(addr, count, ?state, "allocated");
+        let bits: Vec<u32> = (first..first + count).collect();
+        self.log_change(cache, i, &bits)?;
+        Ok(Some((addr, count, generation)))
     }
 
     /// Changes the state of `count` blocks from `addr` — freeing, or a

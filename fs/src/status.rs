@@ -10,9 +10,9 @@
 //! even when the file system is stuck waiting for the cluster.
 
 use crate::fence::GatedDevice;
-use crate::flock::Flocks;
 use crate::glock::Glocks;
 use crate::mount::Fs;
+use crate::plock::Plocks;
 use crate::process::unescape_mount_field;
 use rdlm::api::BlockingDlm;
 use std::fmt::Write as _;
@@ -91,7 +91,7 @@ pub struct ClusterSource {
     pub dlm: BlockingDlm,
     pub lockspace: String,
     pub jid: u32,
-    pub flocks: Arc<Flocks>,
+    pub plocks: Arc<Plocks>,
     pub gate: Arc<GatedDevice>,
 }
 
@@ -241,7 +241,11 @@ impl Source {
                 let _ = writeln!(o, "node:     (lock manager status: {e})");
             }
         }
-        let _ = writeln!(o, "flocks:   {} held", c.flocks.held());
+        let _ = writeln!(
+            o,
+            "locks:    {} record lock ranges (fcntl and flock) held",
+            c.plocks.held()
+        );
     }
 
     /// Serves the report on the status socket until the process ends.

@@ -140,6 +140,22 @@ impl Drop for Watchdog {
     }
 }
 
+/// Size of every test cluster's image.
+const IMAGE_BYTES: u64 = 256 * MIB;
+
+/// How every test cluster's image is formatted (a test that needs the
+/// layout plans it from these).
+fn image_options() -> MkfsOptions {
+    MkfsOptions {
+        block_size: 4096,
+        journals: 3,
+        journal_mib: Some(8),
+        lock_proto: LockProto::Dlm,
+        lock_table: "t:fs".into(),
+        ..MkfsOptions::default()
+    }
+}
+
 /// Formats a lock_dlm image, serves it, mounts `n` nodes.
 fn start(t: &tempfile::TempDir, n: u32) -> Cluster {
     start_net(t, n, None)
@@ -152,19 +168,11 @@ fn start_net(t: &tempfile::TempDir, n: u32, cut: Option<&NetCut>) -> Cluster {
     let img = t.path().join("fs.img");
     std::fs::File::create(&img)
         .unwrap()
-        .set_len(256 * MIB)
+        .set_len(IMAGE_BYTES)
         .unwrap();
     let dev: Arc<dyn BlockDevice> =
         Arc::new(FileDevice::open(&img, FileOptions::default()).expect("open image"));
-    let opts = MkfsOptions {
-        block_size: 4096,
-        journals: 3,
-        journal_mib: Some(8),
-        lock_proto: LockProto::Dlm,
-        lock_table: "t:fs".into(),
-        ..MkfsOptions::default()
-    };
-    format(&*dev, &FormatParams::new(opts), &mut |_| {}).expect("format");
+    format(&*dev, &FormatParams::new(image_options()), &mut |_| {}).expect("format");
     let nbd = server::start(
         dev,
         ServerConfig {
@@ -470,9 +478,29 @@ fn a_killed_node_is_fenced_and_recovered_by_the_survivors() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Node 3 also holds a record lock, which node 1 cannot have.
+    std::fs::write(c.nodes[0].p("shared/lock"), b"").unwrap();
+    let locked_on_3 = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.nodes[2].p("shared/lock"))
+        .unwrap();
+    assert_eq!(
+        fcntl_lock(&locked_on_3, libc::F_SETLK, libc::F_WRLCK, 0, 0).0,
+        0
+    );
+    let lock_on_1 = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.nodes[0].p("shared/lock"))
+        .unwrap();
+    let busy = fcntl_lock(&lock_on_1, libc::F_SETLK, libc::F_WRLCK, 0, 0).0;
+    assert!(busy == libc::EAGAIN || busy == libc::EACCES, "errno {busy}");
+
     let victim = c.nodes.remove(2);
     let killed_at = unix_ms();
     victim.kill();
+    // Its descriptor now leads to a dead mount (closing it fails); the
+    // lock must go with the node.
+    drop(locked_on_3);
     let durable = synced.load(Ordering::SeqCst);
     writer.join().unwrap();
 
@@ -496,6 +524,13 @@ fn a_killed_node_is_fenced_and_recovered_by_the_survivors() {
         assert!(ok);
     }
     let served_at = unix_ms();
+    // The dead node's record lock went with it.
+    let got = within(
+        Duration::from_secs(30),
+        "the dead node's record lock",
+        move || fcntl_lock(&lock_on_1, libc::F_SETLKW, libc::F_WRLCK, 0, 0).0,
+    );
+    assert_eq!(got, 0);
     stop.store(true, Ordering::SeqCst);
     let made = within(
         Duration::from_secs(60),
@@ -564,6 +599,95 @@ fn flock(f: &std::fs::File, op: i32) -> i32 {
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor we own.
     libc_errno(unsafe { libc::flock(f.as_raw_fd(), op) })
+}
+
+/// fcntl F_SETLK/F_SETLKW/F_GETLK on `f`: 0 or the errno; for F_GETLK
+/// the lock found (type, start, len, pid).
+fn fcntl_lock(
+    f: &std::fs::File,
+    cmd: i32,
+    typ: i32,
+    start: i64,
+    len: i64,
+) -> (i32, (i32, i64, i64, i32)) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed flock is valid; fcntl on a descriptor we own.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    let r = libc_errno(unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) });
+    (r, (i32::from(fl.l_type), fl.l_start, fl.l_len, fl.l_pid))
+}
+
+/// fcntl byte-range locks are cluster-wide: ranges conflict across nodes
+/// only where they overlap, F_GETLK names the holder, a blocked F_SETLKW
+/// goes on when the holder closes the file.
+#[test]
+fn fcntl_record_locks_are_cluster_wide() {
+    let t = tempfile::tempdir().unwrap();
+    let c = start(&t, 2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    std::fs::write(a.p("records"), vec![0u8; 64]).unwrap();
+    let open = |p: PathBuf| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap()
+    };
+    let fa = open(a.p("records"));
+    let fb = open(b.p("records"));
+    let (wr, rd) = (libc::F_WRLCK, libc::F_RDLCK);
+    assert_eq!(fcntl_lock(&fa, libc::F_SETLK, wr, 0, 10).0, 0);
+    let busy = fcntl_lock(&fb, libc::F_SETLK, wr, 5, 10).0;
+    assert!(busy == libc::EAGAIN || busy == libc::EACCES, "errno {busy}");
+    assert_eq!(
+        fcntl_lock(&fb, libc::F_SETLK, wr, 10, 10).0,
+        0,
+        "bytes 10..19 are free"
+    );
+    let (r, found) = fcntl_lock(&fb, libc::F_GETLK, wr, 0, 5);
+    assert_eq!(r, 0);
+    assert_eq!(found, (wr, 0, 10, std::process::id() as i32));
+    // Readers share: a turns its lock into a read lock, b reads byte 0.
+    let busy = fcntl_lock(&fb, libc::F_SETLK, rd, 0, 1).0;
+    assert!(busy == libc::EAGAIN || busy == libc::EACCES, "errno {busy}");
+    assert_eq!(fcntl_lock(&fa, libc::F_SETLK, rd, 0, 10).0, 0);
+    assert_eq!(fcntl_lock(&fb, libc::F_SETLK, rd, 0, 1).0, 0);
+    // b waits for a write lock over a's read lock until a closes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let r = fcntl_lock(&fb, libc::F_SETLKW, wr, 0, 5).0;
+        let _ = tx.send(r);
+        fb
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "b got a write lock over a's read lock"
+    );
+    drop(fa);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("b's F_SETLKW after a's close"),
+        0
+    );
+    let fb = waiter.join().unwrap();
+    // Now a cannot lock what b holds, and can once b unlocks.
+    let fa = open(a.p("records"));
+    let busy = fcntl_lock(&fa, libc::F_SETLK, rd, 3, 1).0;
+    assert!(busy == libc::EAGAIN || busy == libc::EACCES, "errno {busy}");
+    assert_eq!(fcntl_lock(&fb, libc::F_SETLK, libc::F_UNLCK, 0, 0).0, 0);
+    assert_eq!(
+        fcntl_lock(&fa, libc::F_SETLK, wr, 0, 0).0,
+        0,
+        "the whole file"
+    );
+    drop((fa, fb));
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
 }
 
 #[test]
@@ -1368,4 +1492,66 @@ fn link_unlink_rename_churn_from_two_nodes_keeps_link_counts() {
     let findings = fsck(&img);
     assert!(findings.is_empty(), "fsck: {findings:?}");
     drop(std::mem::ManuallyDrop::into_inner(t));
+}
+
+/// Directories made on different nodes land in different resource groups
+/// (each node's home rgrp, not beside their common parent), and the files
+/// each node creates in its own directory follow it there. So two nodes
+/// filling their own trees never need the same rgrp glock; before, both
+/// trees sat beside the root and every create passed that rgrp's glock —
+/// with a commit and checkpoint of the whole journal — between the nodes.
+#[test]
+fn directories_made_on_different_nodes_land_in_different_rgrps() {
+    let t = tempfile::tempdir().unwrap();
+    let c = start(&t, 2);
+    let layout = rdlmfs::format::layout::plan(IMAGE_BYTES, &image_options()).expect("layout");
+    let rgrp_of = |ino: u64| {
+        let a = rdlmfs::format::formal_addr(ino);
+        layout
+            .rgrps
+            .iter()
+            .position(|r| r.data0 <= a && a < r.end())
+            .unwrap_or_else(|| panic!("inode {ino} (block {a}) lies in no rgrp"))
+    };
+    let files = 40;
+    // Both nodes at once, each in its own directory under the root.
+    let trees: Vec<(u64, Vec<u64>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = c
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                s.spawn(move || {
+                    let d = m.p(&format!("tree{i}"));
+                    std::fs::create_dir(&d).unwrap();
+                    for k in 0..files {
+                        std::fs::write(d.join(format!("f{k}")), b"x").unwrap();
+                    }
+                    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+                    let inos = (0..files).map(|k| ino(&d.join(format!("f{k}")))).collect();
+                    (ino(&d), inos)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (r0, r1) = (rgrp_of(trees[0].0), rgrp_of(trees[1].0));
+    assert_ne!(
+        r0, r1,
+        "the directories of node 1 and node 2 share rgrp {r0}"
+    );
+    for (i, (dir, inos)) in trees.iter().enumerate() {
+        let rd = rgrp_of(*dir);
+        for ino in inos {
+            assert_eq!(
+                rgrp_of(*ino),
+                rd,
+                "a file node {} made in its directory (rgrp {rd}) went elsewhere",
+                i + 1
+            );
+        }
+    }
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
 }

@@ -156,15 +156,12 @@ fn fsx_one_file_through_three_nodes() {
 /// three nodes; every node shows the same tree at the end. It found the
 /// write/demote deadlock, a freed dinode other nodes still took for a live
 /// one, and a request racing a local unlink that revived the freed inode
-/// (a leaked xattr block) — all fixed. Still ignored: about one run in
-/// twenty (more under CPU load) an operation gets EIO or ESTALE with no
-/// error from the file system — most likely the kernel, seeing an inode
-/// number come back (a freed dinode block reused by another node) with
-/// another generation or type while it still holds the old inode. The fix
-/// is GFS2's: hold the iopen glock while the kernel holds the inode (LOOKUP
-/// to FORGET), not only while it is open. Run it with `--ignored`.
+/// (a leaked xattr block), and an occasional EIO/ESTALE when a kernel got
+/// back an inode number (a dinode block another node had freed and
+/// reused) while it still held the old inode; inode numbers are formal
+/// numbers (address and generation) since, so a reused block is another
+/// number.
 #[test]
-#[ignore = "an occasional EIO/ESTALE when another node reuses an inode number the kernel still holds (iopen must cover LOOKUP..FORGET)"]
 fn meta_stress_across_three_nodes_shows_one_tree() {
     let c = cluster(3, CONCURRENT_MIN_HOLD_MS);
     std::fs::create_dir(c.mountpoint(1).join("meta")).expect("mkdir on node 1");
@@ -210,12 +207,10 @@ fn meta_stress_across_three_nodes_shows_one_tree() {
     stop_and_fsck(c);
 }
 
-/// Fails today: fcntl byte-range locks are still node-local (README:
-/// "Still missing"), so `--rw` sees the counters of processes on other
-/// nodes that held the "same" lock at the same time. Run it with
-/// `--ignored` to reproduce.
+/// fcntl byte-range locks across the cluster: with `--rw`, a process that
+/// holds a byte's lock sees exactly the counter its predecessor left, so
+/// two nodes holding the same lock at once would show.
 #[test]
-#[ignore = "fcntl range locks are node-local (not built yet)"]
 fn ping_pong_locks_across_three_nodes() {
     let c = cluster(3, CONCURRENT_MIN_HOLD_MS);
     let files = on_every_node(&c, "pingpong");

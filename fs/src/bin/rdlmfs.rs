@@ -254,14 +254,14 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
         Duration::from_secs(1)
     };
     let mut fuse_fs = RdlmFuse::new(shared.clone(), ttl);
-    let flocks = joined.as_ref().map(|j| {
-        Arc::new(rdlmfs::flock::Flocks::new(
+    let plocks = joined.as_ref().map(|j| {
+        Arc::new(rdlmfs::plock::Plocks::new(
             j.dlm.clone(),
-            j.lockspace.clone(),
+            j.plock_lockspace.clone(),
         ))
     });
-    if let Some(f) = &flocks {
-        fuse_fs = fuse_fs.clustered(f.clone());
+    if let Some(p) = &plocks {
+        fuse_fs = fuse_fs.clustered(p.clone());
     }
     let session = fuser::Session::new(fuse_fs, &mountpoint, &config)
         .map_err(|e| format!("mount at {}: {e}", mountpoint.display()))?;
@@ -288,6 +288,7 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
             glocks: glocks.clone(),
             dlm: j.dlm.clone(),
             lockspace: j.lockspace.clone(),
+            plock_lockspace: j.plock_lockspace.clone(),
             cluster: j.cluster.clone(),
             jid: j.jid,
             gate: gate.clone().ok_or("cluster mount without an I/O gate")?,
@@ -307,12 +308,12 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
         glocks: glocks.clone(),
         mountpoint: mountpoint.clone(),
         device: m.device.clone(),
-        cluster: match (&joined, &flocks, &gate) {
-            (Some(j), Some(f), Some(g)) => Some(rdlmfs::status::ClusterSource {
+        cluster: match (&joined, &plocks, &gate) {
+            (Some(j), Some(p), Some(g)) => Some(rdlmfs::status::ClusterSource {
                 dlm: j.dlm.clone(),
                 lockspace: j.lockspace.clone(),
                 jid: j.jid,
-                flocks: f.clone(),
+                plocks: p.clone(),
                 gate: g.clone(),
             }),
             _ => None,
@@ -371,12 +372,15 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
         Some(fs) => fs.unmount().map_err(|e| format!("unmount: {e}")),
         None => Ok(()),
     };
-    if let Some(f) = &flocks {
-        f.release_all();
+    if let Some(p) = &plocks {
+        p.release_all();
     }
     if let Some(j) = joined {
-        // Every glock is released: leave the lockspace and the cluster
+        // Every glock is released: leave the lockspaces and the cluster
         // cleanly, so nobody recovers this node's journal.
+        if let Err(e) = j.dlm.leave_lockspace(&j.plock_lockspace) {
+            tracing::warn!(error = %e, "leaving the record locks' lockspace");
+        }
         if let Err(e) = j.dlm.leave_lockspace(&j.lockspace) {
             tracing::warn!(error = %e, "leaving the lockspace");
         }
