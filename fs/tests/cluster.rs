@@ -690,6 +690,98 @@ fn fcntl_record_locks_are_cluster_wide() {
     assert!(findings.is_empty(), "fsck: {findings:?}");
 }
 
+/// The addresses of the indirect blocks in `img` that belong to the
+/// dinode at `owner` (their headers name the owner).
+fn indirect_blocks_of(img: &Path, owner: u64) -> Vec<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(img).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut addr = 0u64;
+    let mut found = Vec::new();
+    loop {
+        if f.read_exact(&mut buf).is_err() {
+            return found;
+        }
+        let kind = u16::from_le_bytes([buf[4], buf[5]]);
+        if &buf[..4] == b"RDLM"
+            && kind == rdlmfs::format::BlockType::Indirect as u16
+            && buf[32..40] == owner.to_le_bytes()
+        {
+            found.push(addr);
+        }
+        addr += 1;
+    }
+}
+
+/// A node that withdraws (here: a write meets a corrupt indirect block)
+/// leaves the cluster as a dead node does: the others recover its journal
+/// and take its locks, instead of waiting for them forever.
+#[test]
+fn a_withdrawn_node_leaves_and_the_others_take_over() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let t = tempfile::tempdir().unwrap();
+    let mut c = start(&t, 3);
+    // Node 2 writes and fsyncs a file (it then holds its glock), node 1 a
+    // large file with indirect blocks.
+    let mut mine = std::fs::File::create(c.nodes[1].p("mine")).unwrap();
+    mine.write_all(b"written by node 2").unwrap();
+    mine.sync_all().unwrap();
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut f = std::fs::File::create(c.nodes[0].p("big")).unwrap();
+    f.write_all(&big).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // Node 3 reads it: node 1 gives the glock up, so everything is in
+    // place on the disk.
+    assert_eq!(read(c.nodes[2].p("big")), big);
+    let addr = std::fs::metadata(c.nodes[0].p("big")).unwrap().ino() & ((1 << 44) - 1);
+    let inds = indirect_blocks_of(&c.img, addr);
+    assert!(!inds.is_empty(), "big has indirect blocks");
+    // Flip a byte of each behind everyone's back (their checksums no
+    // longer match), then node 2 writes through one: node 2 withdraws.
+    let mut raw = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&c.img)
+        .unwrap();
+    for ind in inds {
+        raw.seek(SeekFrom::Start(ind * 4096 + 100)).unwrap();
+        raw.write_all(&[0x5a]).unwrap();
+    }
+    raw.sync_all().unwrap();
+    let on_2 = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.nodes[1].p("big"))
+        .unwrap();
+    let e = on_2
+        .write_at(b"x", 6 << 20)
+        .expect_err("a write through a corrupt block");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    drop(on_2);
+    drop(mine);
+    // The others get node 2's locks after recovering it: "mine" is
+    // readable and writable on node 1 and node 3.
+    let p1 = c.nodes[0].p("mine");
+    let got = within(
+        Duration::from_secs(60),
+        "node 2's file after its withdraw",
+        move || std::fs::read(&p1),
+    );
+    assert_eq!(got.unwrap(), b"written by node 2");
+    std::fs::write(c.nodes[2].p("mine"), b"taken over").unwrap();
+    assert_eq!(read(c.nodes[0].p("mine")), b"taken over");
+    // Node 2 stays refused until it is remounted.
+    assert!(std::fs::read(c.nodes[1].p("mine")).is_err());
+    let logs = std::fs::read_to_string(&c.nodes[1].log).unwrap_or_default();
+    assert!(
+        logs.contains("withdrawn: stopping this node's lock manager"),
+        "{logs}"
+    );
+    c.nodes.remove(1).kill();
+    // The corrupt block stays corrupt (fsck would report it): no fsck here.
+    c.stop();
+}
+
 #[test]
 fn flock_is_cluster_wide() {
     let t = tempfile::tempdir().unwrap();

@@ -329,7 +329,9 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
     println!("mounted {} at {}", m.device, mountpoint.display());
     let _ = std::io::stdout().flush();
 
-    // The commit timer and the signal wait share this loop.
+    // The commit timer, the signal wait and the withdraw watch share
+    // this loop.
+    let mut left_after_withdraw = false;
     loop {
         if background.guard.is_finished() {
             break;
@@ -344,6 +346,24 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
             break;
         }
         let mut g = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let (Some(fs), Some(j), false) = (g.as_mut(), &joined, left_after_withdraw) {
+            if fs.is_withdrawn() {
+                // A withdrawn node must not keep its glocks: the others
+                // would wait for them forever. It leaves the cluster as a
+                // dead node does (GFS2's withdraw does the same through
+                // its lock module): the survivors fence it, replay its
+                // journal (its last committed state) and take its locks.
+                // Nothing here is trusted or written any more.
+                tracing::error!(
+                    "withdrawn: stopping this node's lock manager so the others recover its journal; remount after fsck"
+                );
+                if let Some(g) = &gate {
+                    g.shut("the file system withdrew");
+                }
+                j.dlm.dlm().abort();
+                left_after_withdraw = true;
+            }
+        }
         if let Some(fs) = g.as_mut() {
             if fs.commit_due() {
                 if let Err(e) = fs.commit() {
