@@ -90,10 +90,13 @@ impl Fs {
         if let Some(d) = self.inodes.get(&ino) {
             return Some(InodeLvb::encode(d));
         }
-        self.cache
-            .read_meta::<Dinode>(&*self.dev, ino)
-            .ok()
-            .map(|d| InodeLvb::encode(&d))
+        let d = self.cache.read_meta::<Dinode>(&*self.dev, ino).ok()?;
+        if d.nlink == 0 {
+            // A deleted inode's block may be reused without its glock:
+            // keep no copy (see `Fs::forget_dead_dinode`).
+            self.cache.invalidate(ino);
+        }
+        Some(InodeLvb::encode(&d))
     }
 
     /// The attributes of `ino` from its glock's LVB, without the dinode:

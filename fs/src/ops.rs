@@ -143,18 +143,22 @@ impl Fs {
             // bitmaps: a request racing the unlink here must not revive it.
             if let Some(st) = self.rgrps.known_state(ino) {
                 if !matches!(st, BlockState::Dinode | BlockState::Unlinked) {
-                    self.inodes.remove(&ino);
+                    self.forget_dead_dinode(ino);
                     return e(libc::ENOENT);
                 }
             }
             let di = match self.dinode(ino) {
                 Err(FsError::Io(crate::format::io::IoError::Format { .. })) => {
-                    self.inodes.remove(&ino);
+                    self.forget_dead_dinode(ino);
                     return e(libc::ENOENT);
                 }
                 r => r?,
             };
-            if Fs::is_system(&di) || (di.nlink == 0 && !self.opens.contains_key(&ino)) {
+            if di.nlink == 0 && !self.opens.contains_key(&ino) {
+                self.forget_dead_dinode(ino);
+                return e(libc::ENOENT);
+            }
+            if Fs::is_system(&di) {
                 return e(libc::ENOENT);
             }
             return Ok(di);
@@ -168,6 +172,18 @@ impl Fs {
             return e(libc::ENOENT);
         }
         Ok(di)
+    }
+
+    /// Drops every copy of a deleted inode's dinode this node has. Its
+    /// block is free: another node may reuse it (as a data or xattr block
+    /// of another inode) under the rgrp's glock alone, without ever asking
+    /// for this inode's glock — which this node may keep cached after a
+    /// stale lookup read the dead dinode. A copy left in the buffer cache
+    /// would then be read in place of the block's new contents.
+    fn forget_dead_dinode(&mut self, ino: u64) {
+        self.inodes.remove(&ino);
+        self.released_inodes.remove(&ino);
+        self.cache.invalidate(ino);
     }
 
     pub fn attr_of(&self, ino: u64, di: &Dinode) -> Attr {
