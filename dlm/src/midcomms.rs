@@ -600,6 +600,15 @@ impl Midcomms {
         }
     }
 
+    /// Whether [`Midcomms::send`] of `len` bytes to `to` would fit the
+    /// backlog limits now (a peer never heard of has an empty backlog).
+    pub fn has_room(&self, to: NodeId, len: usize) -> bool {
+        self.peers.get(&to).is_none_or(|p| {
+            p.unacked.len() < self.limits.max_unacked_frames
+                && p.unacked_bytes + len <= self.limits.max_unacked_bytes
+        })
+    }
+
     /// Queues `payload` for `to`. It is written at once if a link to `to`
     /// is established, else when one is; it stays buffered until `to`
     /// acknowledges it.
@@ -1297,8 +1306,10 @@ mod tests {
             ack_every: 16,
         };
         let mut a = Midcomms::new(A, 1, limits).expect("midcomms");
+        assert!(a.has_room(B, 10), "an unknown peer has an empty backlog");
         a.send(B, vec![0; 4]).expect("1");
         a.send(B, vec![0; 4]).expect("2");
+        assert!(a.has_room(B, 2) && !a.has_room(B, 3));
         let e = a.send(B, vec![0; 4]).expect_err("bytes");
         assert!(
             matches!(
@@ -1312,6 +1323,7 @@ mod tests {
             "{e}"
         );
         a.send(B, vec![0; 2]).expect("3");
+        assert!(!a.has_room(B, 0), "three frames: full");
         let e = a.send(B, vec![]).expect_err("frames");
         assert!(matches!(e, MidcommsError::Backlog { frames: 3, .. }), "{e}");
         assert!(matches!(

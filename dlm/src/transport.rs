@@ -391,6 +391,19 @@ impl Transport {
         Ok(())
     }
 
+    /// [`Transport::send`], unless the backlog to `to` is full: then the
+    /// payload comes back (Ok(Some)) for the caller to send later.
+    pub fn send_or_hold(
+        &self,
+        to: NodeId,
+        payload: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, TransportError> {
+        if !self.shared.state().mid.has_room(to, payload.len()) {
+            return Ok(Some(payload));
+        }
+        self.send(to, payload).map(|()| None)
+    }
+
     pub fn stats(&self) -> TransportStats {
         let c = &self.shared.counters;
         TransportStats {
