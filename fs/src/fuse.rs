@@ -936,11 +936,14 @@ impl Filesystem for RdlmFuse {
         let r = self.with(|fs| {
             let i = ino_in(fs, ino)?;
             let v = fs.readdir(i, offset, 128)?;
-            let wanted: Vec<u64> = v
-                .iter()
-                .filter(|l| l.entry.name != b"." && l.entry.name != b"..")
-                .map(|l| l.entry.addr())
-                .collect();
+            let wanted: Vec<u64> = if self.cluster {
+                v.iter()
+                    .filter(|l| l.entry.name != b"." && l.entry.name != b"..")
+                    .map(|l| l.entry.addr())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let listed = v
                 .into_iter()
                 .map(|l| {

@@ -292,8 +292,18 @@ impl Plocks {
         lock(&self.shared).waiters < MAX_WAITERS
     }
 
-    /// Every other member's ranges on `ino`, as published.
-    fn others(&self, ino: u64) -> Result<Vec<Range>, i32> {
+    /// This node's incarnation now (a lost lease makes a new one, whose
+    /// tables the others must not confuse with the old one's).
+    fn incarnation(&self, ino: u64) -> Result<u64, i32> {
+        self.dlm
+            .status()
+            .map(|st| st.incarnation)
+            .map_err(|e| self.err("membership", ino, e))
+    }
+
+    /// Every other member's ranges on `ino`, as published, and this node's
+    /// incarnation (from the same look at the membership).
+    fn others(&self, ino: u64) -> Result<(Vec<Range>, u64), i32> {
         let st = self
             .dlm
             .status()
@@ -339,16 +349,18 @@ impl Plocks {
                 out.extend(ranges);
             }
         }
-        Ok(out)
+        Ok((out, st.incarnation))
     }
 
-    /// Makes `ranges` this node's published table of `ino`.
-    fn publish(&self, ino: u64, il: &mut InodeLocks, ranges: Vec<Range>) -> Result<(), i32> {
-        let me_inc = self
-            .dlm
-            .status()
-            .map_err(|e| self.err("membership", ino, e))?
-            .incarnation;
+    /// Makes `ranges` this node's published table of `ino`, written by
+    /// incarnation `me_inc`.
+    fn publish(
+        &self,
+        ino: u64,
+        il: &mut InodeLocks,
+        ranges: Vec<Range>,
+        me_inc: u64,
+    ) -> Result<(), i32> {
         let lvb = encode(me_inc, &ranges);
         let lkid = match il.own {
             Some(lkid) => {
@@ -405,7 +417,7 @@ impl Plocks {
             )
             .map_err(|e| self.err("taking the range mutex", ino, e))?;
         let r = (|| {
-            let others = self.others(ino)?;
+            let (others, me_inc) = self.others(ino)?;
             let blocked = il
                 .ranges
                 .iter()
@@ -425,7 +437,7 @@ impl Plocks {
             if new.len() > MAX_RANGES {
                 return Err(libc::ENOLCK);
             }
-            self.publish(ino, &mut il, new)?;
+            self.publish(ino, &mut il, new, me_inc)?;
             Ok(Attempt::Done)
         })();
         if let Err(e) = self.dlm.unlock(m.lkid, None) {
@@ -461,7 +473,8 @@ impl Plocks {
                 // Splitting a range to unlock its middle.
                 return Err(libc::ENOLCK);
             }
-            return self.publish(ino, &mut il, new);
+            let me_inc = self.incarnation(ino)?;
+            return self.publish(ino, &mut il, new, me_inc);
         };
         let want = Range {
             start,
@@ -521,7 +534,7 @@ impl Plocks {
         write: bool,
     ) -> Result<Option<Range>, i32> {
         let local = lock(&self.inode(ino)).ranges.clone();
-        let others = self.others(ino)?;
+        let (others, _) = self.others(ino)?;
         Ok(local
             .into_iter()
             .chain(others)
@@ -563,7 +576,10 @@ impl Plocks {
         for (ino, il) in inodes {
             let mut il = lock(&il);
             if il.own.is_some() {
-                if let Err(e) = self.publish(ino, &mut il, Vec::new()) {
+                let r = self
+                    .incarnation(ino)
+                    .and_then(|inc| self.publish(ino, &mut il, Vec::new(), inc));
+                if let Err(e) = r {
                     tracing::error!(ino, errno = e, "releasing record locks at unmount");
                 }
             }
