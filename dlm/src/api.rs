@@ -27,10 +27,11 @@ use crate::lockspace::{Callback, LsEvent, Output};
 use crate::member::{Member, MemberEvent, View};
 use crate::mode::Mode;
 use crate::node::{LsOptions, Node, DEFAULT_LOCKSPACE};
+use crate::outbox::Outbox;
 use crate::resource::{Flags, LockError, LockId, NodeId};
 use crate::transport::{generation_floor_now, new_incarnation, Incoming, Transport};
 use crate::wire::Message;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -395,7 +396,7 @@ impl Dlm {
             lost_reason: String::new(),
             leaving_ls: BTreeMap::new(),
             joining_ls: BTreeMap::new(),
-            held: BTreeMap::new(),
+            outbox: Outbox::new(),
         };
         let task = tokio::spawn(drive(d, incoming, rx, tick_every));
         Ok((
@@ -880,14 +881,8 @@ struct Driver {
     joining_ls: BTreeMap<String, Vec<Reply<()>>>,
     /// Messages the transport could not take yet (its backlog to that
     /// peer was full), in order; sent before anything newer to the peer.
-    held: BTreeMap<NodeId, VecDeque<Vec<u8>>>,
+    outbox: Outbox,
 }
-
-/// Most messages held back for one peer whose backlog is full. A burst
-/// (a node giving up ten thousand locks at unmount) fits many times over;
-/// past this the peer is not acknowledging at all, and the membership's
-/// failure detection deals with it.
-const MAX_HELD: usize = 1 << 20;
 
 /// The driver loop. It repeats [`crate::daemon::run`]'s loop rather than
 /// sharing it: the daemon's is interleaved with its Unix socket listener
@@ -943,7 +938,7 @@ async fn drive(
                 None => break,
             },
         }
-        d.send_held();
+        d.outbox.send_held(&d.transport, me);
         d.flush();
         d.lease.publish(d.node.membership().lease_until());
     }
@@ -956,7 +951,7 @@ async fn drive(
             // Messages held for a full backlog go first (the leave is
             // behind them), bounded by a few heartbeats.
             let deadline = Instant::now() + Duration::from_millis(d.heartbeat_ms.max(20) * 10);
-            while !d.send_held() && Instant::now() < deadline {
+            while !d.outbox.send_held(&d.transport, me) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             info!(node = me, "left the cluster");
@@ -1258,57 +1253,6 @@ impl Driver {
         }
     }
 
-    /// Sends `payload` to `to`, after what is held for it. A full backlog
-    /// holds the message instead of dropping it: dropping one message of
-    /// a burst (an unlock, a heartbeat, the leave) would leave the peer
-    /// with a wrong picture, and once lost a lease the peer never got.
-    fn send(&mut self, to: NodeId, payload: Vec<u8>) -> Result<(), String> {
-        let q = self.held.entry(to).or_default();
-        let back = if q.is_empty() {
-            match self.transport.send_or_hold(to, payload) {
-                Ok(None) => return Ok(()),
-                Ok(Some(p)) => p,
-                Err(e) => return Err(e.to_string()),
-            }
-        } else {
-            payload
-        };
-        if q.len() >= MAX_HELD {
-            return Err(format!(
-                "{MAX_HELD} messages held for node {to}, whose backlog stays full: dropped"
-            ));
-        }
-        q.push_back(back);
-        Ok(())
-    }
-
-    /// Sends what was held back, oldest first, while the backlogs allow.
-    /// True when nothing is held any more.
-    fn send_held(&mut self) -> bool {
-        let peers: Vec<NodeId> = self.held.keys().copied().collect();
-        for to in peers {
-            let Some(mut q) = self.held.remove(&to) else {
-                continue;
-            };
-            while let Some(p) = q.pop_front() {
-                match self.transport.send_or_hold(to, p) {
-                    Ok(None) => {}
-                    Ok(Some(p)) => {
-                        q.push_front(p);
-                        break;
-                    }
-                    Err(e) => {
-                        warn!(node = self.me, peer = to, error = %e, "send of a held message failed");
-                    }
-                }
-            }
-            if !q.is_empty() {
-                self.held.insert(to, q);
-            }
-        }
-        self.held.is_empty()
-    }
-
     /// Everything the core produced: messages out, replies, events.
     fn flush(&mut self) {
         loop {
@@ -1319,7 +1263,7 @@ impl Driver {
             for o in outs {
                 match o {
                     Output::Send { to, msg } => {
-                        if let Err(e) = self.send(to, msg.encode()) {
+                        if let Err(e) = self.outbox.send(&self.transport, to, msg.encode()) {
                             warn!(node = self.me, peer = to, error = %e, "send failed");
                         }
                     }

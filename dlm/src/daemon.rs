@@ -15,6 +15,7 @@ use crate::lockspace::{Callback, LsEvent, Output};
 use crate::member::MemberEvent;
 use crate::mode::Mode;
 use crate::node::{LsOptions, Node, DEFAULT_LOCKSPACE};
+use crate::outbox::Outbox;
 use crate::resource::{Flags, NodeId};
 use crate::transport::{generation_floor_now, new_incarnation, Incoming, Transport};
 use crate::wire::Message;
@@ -59,6 +60,8 @@ struct Daemon {
     owner: BTreeMap<u64, ClientId>,
     /// Locks whose client went away: released as soon as they can be.
     orphans: BTreeSet<u64>,
+    /// Messages held while a peer's backlog is full.
+    outbox: Outbox,
 }
 
 /// A lockspace `rdlm node --lockspace` joins at start: `NAME`, or
@@ -163,6 +166,7 @@ pub async fn run_in(
         clients: BTreeMap::new(),
         owner: BTreeMap::new(),
         orphans: BTreeSet::new(),
+        outbox: Outbox::new(),
     };
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<ClientEvent>();
     let mut next_client: ClientId = 1;
@@ -210,6 +214,7 @@ pub async fn run_in(
             },
             Some(ev) = ev_rx.recv() => d.client_event(ev),
         }
+        d.outbox.send_held(&d.transport, me);
         d.flush();
     }
     // A clean leave when nothing is held here: the others drop this node
@@ -217,6 +222,12 @@ pub async fn run_in(
     let now = d.now();
     if d.node.leave(now).is_ok() {
         d.flush();
+        // Messages held for a full backlog go first (the leave is behind
+        // them), bounded by a few heartbeats.
+        let deadline = Instant::now() + Duration::from_millis(d.cluster.heartbeat_ms.max(20) * 10);
+        while !d.outbox.send_held(&d.transport, me) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         info!(node = me, "left the cluster");
         tokio::time::sleep(Duration::from_millis(d.cluster.heartbeat_ms.max(20))).await;
     }
@@ -493,7 +504,7 @@ impl Daemon {
             for o in outs {
                 match o {
                     Output::Send { to, msg } => {
-                        if let Err(e) = self.transport.send(to, msg.encode()) {
+                        if let Err(e) = self.outbox.send(&self.transport, to, msg.encode()) {
                             warn!(peer = to, error = %e, "send failed");
                         }
                     }

@@ -26,7 +26,8 @@
 //! - [`config`]: the cluster file (nodes, addresses, TLS paths, timing);
 //! - [`tls`]: the cluster CA, node certificates, mutual-TLS configurations;
 //! - [`transport`]: the tokio/quinn driver — one QUIC connection per peer
-//!   carrying midcomms frames;
+//!   carrying midcomms frames; [`outbox`]: messages held, in order, while
+//!   a peer's backlog is full;
 //! - [`daemon`]: `rdlm node`, the async driver of a [`Node`] with a local
 //!   client socket; [`client`]: that socket's protocol and a blocking
 //!   client;
@@ -48,6 +49,7 @@ pub mod member;
 pub mod midcomms;
 pub mod mode;
 pub mod node;
+pub mod outbox;
 mod recover;
 pub mod resource;
 pub mod tls;

@@ -67,6 +67,11 @@ pub(crate) struct Recovery {
     pub(crate) held_lookups: Vec<(NodeId, Vec<u8>)>,
     /// Names being looked up again in step 2.
     lookups: BTreeSet<Vec<u8>>,
+    /// This node's granted locks on each name in `lookups`, so that each
+    /// answer finds its locks without a scan of every lock: a node holding
+    /// ten thousand locks whose master left would otherwise spend seconds
+    /// here (quadratic), long enough to miss its own lease renewals.
+    held_by_name: BTreeMap<Vec<u8>, Vec<u64>>,
     locks_done_sent: bool,
     locks_done: BTreeSet<NodeId>,
     /// Resources this node is the new master of, and what it was told.
@@ -304,19 +309,18 @@ impl Lockspace {
         }
         r.dir_complete = true;
         let held = std::mem::take(&mut r.held_lookups);
-        // 2. Remaster what lost its master and is held here.
-        let names: BTreeSet<Vec<u8>> = self
-            .unrecovered
-            .iter()
-            .filter(|n| {
-                self.locks
-                    .values()
-                    .any(|l| &l.name == *n && l.granted.is_some())
-            })
-            .cloned()
-            .collect();
+        // 2. Remaster what lost its master and is held here. One pass over
+        // the locks: this runs with every lock of the node at hand.
+        let mut held_by_name: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
+        for (&lkid, l) in &self.locks {
+            if l.granted.is_some() && self.unrecovered.contains(&l.name) {
+                held_by_name.entry(l.name.clone()).or_default().push(lkid);
+            }
+        }
+        let names: BTreeSet<Vec<u8>> = held_by_name.keys().cloned().collect();
         if let Some(r) = self.recovery.as_mut() {
             r.lookups = names.clone();
+            r.held_by_name = held_by_name;
         }
         for (from, name) in held {
             self.answer_lookup(from, name);
@@ -344,19 +348,20 @@ impl Lockspace {
             self.stats.stale_dropped += 1;
             return;
         }
+        let lkids = r.held_by_name.remove(&name).unwrap_or_default();
         self.masters.insert(name.clone(), master);
-        for l in self
-            .locks
-            .values_mut()
-            .filter(|l| l.name == name && l.granted.is_some())
-        {
-            l.master = Some(master);
+        for lkid in &lkids {
+            if let Some(l) = self.locks.get_mut(lkid) {
+                if l.name == name && l.granted.is_some() {
+                    l.master = Some(master);
+                }
+            }
         }
-        let reports: Vec<Report> = self
-            .locks
+        let reports: Vec<Report> = lkids
             .iter()
+            .filter_map(|lkid| self.locks.get(lkid).map(|l| (*lkid, l)))
             .filter(|(_, l)| l.name == name)
-            .filter_map(|(&lkid, l)| {
+            .filter_map(|(lkid, l)| {
                 let g = l.granted?;
                 let (mode, source, lvb_valid, lvb) = match &l.op {
                     Some(Op::Convert { mode, flags, lvb }) if *mode <= g => {

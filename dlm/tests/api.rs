@@ -557,3 +557,80 @@ async fn a_lockspace_with_its_own_lvb_length_through_the_api() {
     let ls = s.lockspaces.iter().find(|l| l.name == "fs").expect("fs");
     assert_eq!(ls.members, [1, 2]);
 }
+
+/// `count` locks named `big-<i>` in `mode` on `d`, many in flight at once;
+/// their lock ids by `i`.
+async fn many_locks(d: &Dlm, count: usize, mode: Mode) -> Vec<u64> {
+    let mut lkids = vec![0; count];
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
+        let mut set = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let d = d.clone();
+            set.spawn(async move {
+                let name = format!("big-{i}");
+                (
+                    i,
+                    d.lock(name.as_bytes(), mode, Flags::NONE, true, None).await,
+                )
+            });
+        }
+        while let Some(r) = timeout(LONG, set.join_next()).await.expect("bounded") {
+            let (i, grant) = r.expect("join");
+            lkids[i] = grant.expect("grant").lkid;
+        }
+    }
+    lkids
+}
+
+/// A survivor holding many locks whose master leaves remasters them all
+/// and keeps its lease. Recovery used to scan every lock once per name
+/// (quadratic): ten thousand locks stalled the driver for seconds, nobody
+/// renewed the lease, and the survivor lost every lock it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_with_many_locks_remasters_them_and_keeps_its_lease() {
+    const COUNT: usize = 20_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = cluster(&dir);
+    let mut nodes = start3(&cfg, false).await;
+    let n1 = nodes[0].0.clone();
+    let n2 = nodes[1].0.clone();
+    // Node 1 asks first, so it masters every name; node 2 then holds a
+    // lock on each of them there.
+    many_locks(&n1, COUNT, Mode::PR).await;
+    let mine = many_locks(&n2, COUNT, Mode::PR).await;
+
+    timeout(LONG, n1.leave())
+        .await
+        .expect("bounded")
+        .expect("node 1 leaves");
+    wait_members(&n2, 2).await;
+    let ev2 = &mut nodes[1].1;
+    while let Ok(e) = ev2.try_recv() {
+        assert!(
+            !matches!(e, DlmEvent::Lost { .. }),
+            "node 2 lost its lease: {e:?}"
+        );
+    }
+    let s = n2.status().await.expect("status");
+    assert_eq!(s.locks, COUNT, "node 2 kept every lock");
+    // The remastered locks work: one converts up, now that only node 2
+    // holds it, and node 3 waits for it.
+    let g = timeout(LONG, n2.convert(mine[0], Mode::EX, Flags::NONE, None, None))
+        .await
+        .expect("bounded")
+        .expect("convert a remastered lock");
+    assert_eq!(g.mode, Mode::EX);
+    let e = timeout(
+        LONG,
+        nodes[2]
+            .0
+            .lock(b"big-0", Mode::PR, Flags::NOQUEUE, true, None),
+    )
+    .await
+    .expect("bounded")
+    .expect_err("node 2 holds big-0 EX");
+    assert!(matches!(e, DlmError::WouldBlock { .. }), "{e}");
+    for (d, _) in &nodes[1..] {
+        let _ = timeout(LONG, d.leave()).await;
+    }
+}
