@@ -220,9 +220,10 @@ impl Worker {
         }
         let lvb = match (name.kind, held) {
             (GlockKind::Inode, GlockMode::Exclusive) => fs.inode_lvb(name.number),
+            (GlockKind::Rgrp, GlockMode::Exclusive) => fs.rgrp_lvb(name.number),
             _ => None,
         };
-        tracing::debug!(glock = %name, lvb = ?lvb.as_ref().and_then(|b| crate::lvb::InodeLvb::decode(b)), "demote LVB");
+        tracing::debug!(glock = %name, lvb = ?lvb.as_ref().map(|b| (crate::lvb::InodeLvb::decode(b), crate::lvb::RgrpLvb::decode(b, name.number))), "demote LVB");
         if to.is_none() {
             fs.go_inval(name);
         }

@@ -1,13 +1,14 @@
-//! Lock value blocks of inode glocks (OCFS2's `ocfs2_meta_lvb`, in our
-//! own layout): what an Exclusive holder leaves in the glock for the next
-//! holder when it gives the glock up.
+//! Lock value blocks (OCFS2's `ocfs2_meta_lvb`, GFS2's `gfs2_rgrp_lvb`,
+//! in our own layouts): what an Exclusive holder leaves in a glock for the
+//! next holder when it gives the glock up. Inode glocks and rgrp glocks
+//! each have one.
 //!
-//! Owns: the 64-byte layout, its encoder and total decoder, and the rule
-//! for trusting one. May not touch: when an LVB is written (the demote
+//! Owns: the 64-byte layouts, their encoders and total decoders, and the
+//! rule for trusting one. May not touch: when an LVB is written (the demote
 //! worker and [`crate::glock::Glocks`]) or what a cache does with it
-//! (`inode.rs`, `ops.rs`).
+//! (`inode.rs`, `ops.rs`, `rgrp.rs`).
 //!
-//! Two uses:
+//! Inode LVBs have two uses:
 //!
 //! - **Keeping caches across a re-grant.** A node that gave an inode glock
 //!   up keeps its last copy of the dinode aside. When it gets the glock
@@ -18,34 +19,18 @@
 //! - **Attributes without the disk.** A node with no copy at all answers
 //!   `stat` (getattr, lookup) from the LVB's attributes.
 //!
+//! Rgrp LVBs carry the rgrp header's version and its free and dinode
+//! counts. An allocator that gets an rgrp glock whose LVB says the rgrp is
+//! full moves on without reading its bitmaps, and one that kept the
+//! bitmaps of the same version uses them without reading (see `rgrp.rs`).
+//!
 //! Trust rule: an LVB is used only if the lock manager calls it valid
 //! (a holder that died leaves it invalid), its layout version is ours, and
 //! — for the attributes — its ATTRS flag is set. An Exclusive holder that
-//! lets go without a dinode to describe writes all zeros (layout 0, never
+//! lets go without anything to describe writes all zeros (layout 0, never
 //! trusted), so a stale LVB can never outlive a change.
 //!
-//! Layout (little-endian, 64 bytes):
-//!
-//! | off | size | field |
-//! |-----|------|-------|
-//! | 0   | 1    | layout version (1; 0 = empty) |
-//! | 1   | 1    | flags (bit 0: ATTRS — the fields from `mode` on are valid) |
-//! | 2   | 2    | mode (type and permission bits) |
-//! | 4   | 4    | nlink |
-//! | 8   | 8    | dinode version |
-//! | 16  | 8    | size |
-//! | 24  | 4    | blocks (file system blocks) |
-//! | 28  | 4    | generation (low 32 bits) |
-//! | 32  | 8    | atime (seconds << 30 \| nanoseconds) |
-//! | 40  | 8    | mtime (same) |
-//! | 48  | 8    | ctime (same) |
-//! | 56  | 4    | uid |
-//! | 60  | 4    | gid |
-//!
-//! ATTRS is clear when an attribute does not fit (a device number, more
-//! than 2^32 blocks, a time before 1970 or after 2514) or for system
-//! inodes; readers then read the dinode.
-
+//! Inode layout (little-endian, 64 bytes):
 use crate::format::{Dinode, DinodeFlags, Timestamp};
 
 /// Bytes in an inode glock's LVB (the lockspace is joined with it).
@@ -55,6 +40,9 @@ pub const LVB_LEN: usize = 64;
 const LAYOUT: u8 = 1;
 
 const ATTRS: u8 = 1;
+
+/// Byte 1 of an rgrp LVB.
+const RGRP_KIND: u8 = b'R';
 
 /// What an inode glock's LVB says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +149,55 @@ impl InodeLvb {
     }
 }
 
+/// What an rgrp glock's LVB says: the header as its last Exclusive
+/// holder left it on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RgrpLvb {
+    /// The header's block address (a check that the LVB is this rgrp's).
+    pub addr: u64,
+    pub version: u64,
+    pub free: u32,
+    pub dinodes: u32,
+}
+
+impl RgrpLvb {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; LVB_LEN];
+        b[0] = LAYOUT;
+        b[1] = RGRP_KIND;
+        b[4..8].copy_from_slice(&self.free.to_le_bytes());
+        b[8..16].copy_from_slice(&self.version.to_le_bytes());
+        b[16..24].copy_from_slice(&self.addr.to_le_bytes());
+        b[24..28].copy_from_slice(&self.dinodes.to_le_bytes());
+        b
+    }
+
+    /// Reads the LVB of the rgrp whose header is at `addr`; None for an
+    /// empty one, another layout or kind, another rgrp's, or any byte
+    /// this layout keeps zero set (read the disk instead).
+    pub fn decode(b: &[u8], addr: u64) -> Option<RgrpLvb> {
+        if b.len() != LVB_LEN || b[0] != LAYOUT || b[1] != RGRP_KIND {
+            return None;
+        }
+        if b[2..4].iter().chain(&b[28..]).any(|x| *x != 0) {
+            return None;
+        }
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u64_at = |o: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(w)
+        };
+        let l = RgrpLvb {
+            addr: u64_at(16),
+            version: u64_at(8),
+            free: u32_at(4),
+            dinodes: u32_at(24),
+        };
+        (l.addr == addr).then_some(l)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +297,27 @@ mod tests {
             b[0] = LAYOUT;
             let _ = InodeLvb::decode(&b);
         }
+    }
+
+    #[test]
+    fn rgrp_lvbs_round_trip_and_refuse_what_is_not_theirs() {
+        let l = RgrpLvb {
+            addr: 4242,
+            version: 77,
+            free: 1234,
+            dinodes: 9,
+        };
+        let b = l.encode();
+        assert_eq!(b.len(), LVB_LEN);
+        assert_eq!(RgrpLvb::decode(&b, 4242), Some(l));
+        assert_eq!(RgrpLvb::decode(&b, 4243), None, "another rgrp's");
+        assert_eq!(RgrpLvb::decode(&[0u8; LVB_LEN], 4242), None);
+        assert_eq!(RgrpLvb::decode(&b[..32], 4242), None);
+        let mut bad = b.clone();
+        bad[40] = 1;
+        assert_eq!(RgrpLvb::decode(&bad, 4242), None);
+        // An inode LVB is never an rgrp's, and the other way round.
+        assert_eq!(RgrpLvb::decode(&InodeLvb::encode(&dinode()), 4242), None);
+        assert_eq!(InodeLvb::decode(&b), None);
     }
 }

@@ -16,6 +16,14 @@
 //! [`Rgrps::alloc`]): every rgrp glock handoff costs the giver a commit
 //! and a checkpoint of its whole journal.
 //!
+//! Rgrp LVBs (`lvb.rs`) spare reads across handoffs. An Exclusive holder
+//! that lets an rgrp glock go leaves the header's version and free count
+//! in its LVB and keeps what it loaded aside. At the next grant a kept
+//! copy of the same version is used as it is; an rgrp the LVB calls full
+//! is passed over without reading its bitmaps, and remembered as full so
+//! the next allocation does not even ask for its glock (until a last pass
+//! before ENOSPC, since another node may have freed blocks there).
+//!
 //! Freed blocks are not reused until the transaction that freed them
 //! commits: otherwise a crash could replay the old owner's pointers onto a
 //! block already holding someone else's data.
@@ -26,8 +34,22 @@ use crate::format::journal::StatfsDelta;
 use crate::format::rgrp::{BitmapBlock, BlockState, RgrpBitmap, RgrpHeader, RindexEntry};
 use crate::format::RgrpFlags;
 use crate::glock::{GlockMode, GlockName, Glocks};
+use crate::lvb::RgrpLvb;
 use blockdev::BlockDevice;
 use std::collections::{HashMap, HashSet};
+
+/// What rgrp LVBs saved this node, for `rdlmfs status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RgrpLvbStats {
+    /// Re-grants that kept the header and bitmaps this node had before.
+    pub kept: u64,
+    /// Rgrps loaded from the disk in a cluster (header and bitmaps).
+    pub read: u64,
+    /// Rgrps an allocation passed over as full without loading them:
+    /// by the grant's LVB, or by the last count seen without asking for
+    /// the glock at all.
+    pub skipped_full: u64,
+}
 
 struct Loaded {
     hdr: RgrpHeader,
@@ -55,6 +77,16 @@ pub struct Rgrps {
     /// [`crate::buf`]'s savepoints).
     savepoint: Option<(Vec<u64>, usize, StatfsDelta)>,
     glocks: Glocks,
+    /// Rgrps this node loaded and then gave the glock of up, kept for the
+    /// next grant (used if its LVB shows the same header version).
+    released: HashMap<usize, Loaded>,
+    /// Rgrps last seen with no free block (in a loaded header or an LVB)
+    /// and not loaded since: allocation skips them until its last pass.
+    seen_full: HashSet<usize>,
+    /// Rgrps this node changed since it got the glock: their grant's LVB
+    /// no longer describes them.
+    changed_here: HashSet<usize>,
+    lvb_stats: RgrpLvbStats,
 }
 
 impl Rgrps {
@@ -79,7 +111,26 @@ impl Rgrps {
             dead_dinodes: Vec::new(),
             savepoint: None,
             glocks,
+            released: HashMap::new(),
+            seen_full: HashSet::new(),
+            changed_here: HashSet::new(),
+            lvb_stats: RgrpLvbStats::default(),
         }
+    }
+
+    pub fn lvb_stats(&self) -> RgrpLvbStats {
+        self.lvb_stats
+    }
+
+    /// Rgrp `i`'s LVB from this node's current grant, if it is valid and
+    /// still describes the rgrp (this node changed nothing since).
+    fn grant_lvb(&self, i: usize) -> Option<RgrpLvb> {
+        if self.changed_here.contains(&i) {
+            return None;
+        }
+        let addr = self.entries[i].addr;
+        let b = self.glocks.lvb(GlockName::rgrp(addr))?;
+        RgrpLvb::decode(&b, addr)
     }
 
     pub fn entries(&self) -> &[RindexEntry] {
@@ -96,6 +147,24 @@ impl Rgrps {
     fn load(&mut self, cache: &mut BufCache, dev: &dyn BlockDevice, i: usize) -> Result<()> {
         if self.loaded.contains_key(&i) {
             return Ok(());
+        }
+        self.seen_full.remove(&i);
+        if let Some(kept) = self.released.remove(&i) {
+            let lvb = self.grant_lvb(i);
+            tracing::debug!(
+                rgrp = i,
+                kept_version = kept.hdr.version,
+                ?lvb,
+                "kept rgrp against the grant's LVB"
+            );
+            if lvb.is_some_and(|l| l.version == kept.hdr.version) {
+                self.lvb_stats.kept += 1;
+                self.loaded.insert(i, kept);
+                return Ok(());
+            }
+        }
+        if self.glocks.is_clustered() {
+            self.lvb_stats.read += 1;
         }
         let e = self.entries[i];
         let hdr: RgrpHeader = cache.read_meta(dev, e.addr)?;
@@ -125,23 +194,83 @@ impl Rgrps {
         Ok(())
     }
 
-    /// Forgets every loaded rgrp (another node may change them).
+    /// Forgets every loaded rgrp, and every copy kept aside (the disk
+    /// changed under them: a journal was replayed).
     pub fn invalidate(&mut self) {
         self.loaded.clear();
+        self.released.clear();
+        self.changed_here.clear();
     }
 
-    /// Forgets the rgrp whose header is at `addr` (its glock is going to
-    /// another node).
     /// The header and bitmap blocks of the rgrp at `addr`.
     pub fn header_blocks(&self, addr: u64) -> Option<std::ops::Range<u64>> {
         let e = self.entries.iter().find(|e| e.addr == addr)?;
         Some(e.addr..e.addr + u64::from(e.length))
     }
 
+    /// The rgrp whose header is at `addr` is going to another node: what
+    /// was loaded from it is kept aside for the next grant (see the module
+    /// doc), and this node stops using it.
     pub fn forget_rgrp(&mut self, addr: u64) {
         if let Some(i) = self.entries.iter().position(|e| e.addr == addr) {
-            self.loaded.remove(&i);
+            self.changed_here.remove(&i);
+            if let Some(l) = self.loaded.remove(&i) {
+                if l.hdr.free == 0 {
+                    self.seen_full.insert(i);
+                }
+                self.released.insert(i, l);
+            }
         }
+    }
+
+    /// The LVB an Exclusive holder of the rgrp glock at `addr` leaves when
+    /// it lets go (the demote, which holds the glock and has committed and
+    /// checkpointed): the header as loaded here, else as the buffer cache
+    /// or the disk has it. None (an empty LVB) if it cannot be read.
+    pub fn lvb(&self, cache: &mut BufCache, dev: &dyn BlockDevice, addr: u64) -> Option<Vec<u8>> {
+        let i = self.entries.iter().position(|e| e.addr == addr)?;
+        let (version, free, dinodes) = match self.loaded.get(&i) {
+            Some(l) => (l.hdr.version, l.hdr.free, l.hdr.dinodes),
+            None => {
+                let h: RgrpHeader = cache.read_meta(dev, addr).ok()?;
+                (h.version, h.free, h.dinodes)
+            }
+        };
+        Some(
+            RgrpLvb {
+                addr,
+                version,
+                free,
+                dinodes,
+            }
+            .encode(),
+        )
+    }
+
+    /// Whether rgrp `i`, whose glock this node has just got and has not
+    /// loaded, is full by its grant's LVB: then the allocator moves on
+    /// without reading its bitmaps.
+    fn full_by_lvb(&mut self, i: usize) -> bool {
+        if self.loaded.contains_key(&i) {
+            return false;
+        }
+        if self.grant_lvb(i).is_some_and(|l| l.free == 0) {
+            self.lvb_stats.skipped_full += 1;
+            self.seen_full.insert(i);
+            tracing::debug!(rgrp = i, "rgrp full by its LVB: not loaded");
+            return true;
+        }
+        false
+    }
+
+    /// Whether the allocator's first passes should leave rgrp `i` alone:
+    /// this node last saw it full and has no current copy of it.
+    fn skip_as_full(&mut self, i: usize) -> bool {
+        if !self.loaded.contains_key(&i) && self.seen_full.contains(&i) {
+            self.lvb_stats.skipped_full += 1;
+            return true;
+        }
+        false
     }
 
     /// The state of `addr` as far as this node knows without asking
@@ -183,6 +312,7 @@ impl Rgrps {
     fn log_change(&mut self, cache: &mut BufCache, i: usize, bits: &[u32]) -> Result<()> {
         let bs = cache.geometry().block_size;
         let addr = self.entries[i].addr;
+        self.changed_here.insert(i);
         let l = self.loaded.get_mut(&i).expect("loaded before change");
         l.hdr.version += 1;
         let (head, parts) = l.bits.to_parts(bs);
@@ -231,17 +361,33 @@ impl Rgrps {
                 return Ok(got);
             }
         }
+        // Waiting for glocks: first past the rgrps last seen full, then,
+        // before giving up, through every one (blocks may have been freed
+        // there since).
         let n = self.entries.len();
-        for k in 0..n {
-            let i = (start + k) % n;
-            if !allocatable(self.entries[i].flags) {
-                continue;
+        for trust_seen_full in [true, false] {
+            let mut passed_over = false;
+            for k in 0..n {
+                let i = (start + k) % n;
+                if !allocatable(self.entries[i].flags) {
+                    continue;
+                }
+                if trust_seen_full && self.skip_as_full(i) {
+                    passed_over = true;
+                    continue;
+                }
+                self.glock(i, GlockMode::Exclusive)?;
+                if self.full_by_lvb(i) {
+                    continue;
+                }
+                self.load(cache, dev, i)?;
+                let near = if k == 0 { goal } else { None };
+                if let Some(got) = self.alloc_in(cache, i, state, near, max)? {
+                    return Ok(got);
+                }
             }
-            self.glock(i, GlockMode::Exclusive)?;
-            self.load(cache, dev, i)?;
-            let near = if k == 0 { goal } else { None };
-            if let Some(got) = self.alloc_in(cache, i, state, near, max)? {
-                return Ok(got);
+            if !passed_over {
+                break;
             }
         }
         Err(FsError::Errno(libc::ENOSPC))
@@ -280,11 +426,14 @@ impl Rgrps {
                 let first = i == start
                     || i == self.home
                     || self.glocks.mode(name) == Some(GlockMode::Exclusive);
-                if first != (pass == 0) {
+                if first != (pass == 0) || self.skip_as_full(i) {
                     continue;
                 }
                 if !self.glocks.try_hold(name, GlockMode::Exclusive)? {
                     tracing::debug!(rgrp = i, "rgrp busy on another node: skipped");
+                    continue;
+                }
+                if self.full_by_lvb(i) {
                     continue;
                 }
                 self.load(cache, dev, i)?;

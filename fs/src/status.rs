@@ -177,6 +177,11 @@ impl Source {
                         "LVBs:     {} inodes kept across a re-grant, {} stats answered from an LVB, {} dinodes read after a grant",
                         s.lvb.kept, s.lvb.attrs, s.lvb.read
                     );
+                    let _ = writeln!(
+                        o,
+                        "rgrps:    {} kept across a re-grant, {} read, {} passed over as full without loading",
+                        s.rgrp_lvb.kept, s.rgrp_lvb.read, s.rgrp_lvb.skipped_full
+                    );
                 }
             }
             None => {

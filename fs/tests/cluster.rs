@@ -1647,3 +1647,95 @@ fn directories_made_on_different_nodes_land_in_different_rgrps() {
     let findings = fsck(&img);
     assert!(findings.is_empty(), "fsck: {findings:?}");
 }
+
+/// The three rgrp LVB counters of a status report: kept across a
+/// re-grant, read, passed over as full.
+fn rgrp_counters(status: &str) -> (u64, u64, u64) {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("rgrps:"))
+        .unwrap_or_else(|| panic!("no rgrps line in\n{status}"));
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(n.len(), 3, "{line}");
+    (n[0], n[1], n[2])
+}
+
+/// Writes 1 MiB chunks to `p` until the file system is full (or `limit`
+/// bytes); the bytes that went in. Fails on any error but ENOSPC.
+fn fill(p: &Path, limit: u64) -> u64 {
+    use std::io::Write;
+    let chunk = vec![0x5au8; MIB as usize];
+    let mut f = std::fs::File::create(p).unwrap();
+    let mut n = 0;
+    let full = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOSPC);
+    while n < limit {
+        match f.write_all(&chunk) {
+            Ok(()) => n += MIB,
+            Err(e) if full(&e) => break,
+            Err(e) => panic!("writing {}: {e}", p.display()),
+        }
+    }
+    match f.sync_all() {
+        Ok(()) => {}
+        Err(e) if full(&e) => {}
+        Err(e) => panic!("fsync {}: {e}", p.display()),
+    }
+    n
+}
+
+/// Rgrp LVBs: a node allocating passes over rgrps another node filled
+/// without reading their bitmaps (the LVB says they are full), a node
+/// that gets an rgrp back that nobody changed keeps its bitmaps, and
+/// space freed in an rgrp once seen full is found again (no false
+/// ENOSPC).
+#[test]
+fn rgrp_lvbs_pass_over_full_rgrps_and_keep_unchanged_ones() {
+    let t = tempfile::tempdir().unwrap();
+    let c = start(&t, 2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let logs = t.path().display().to_string();
+    let s = statvfs(&a.mnt);
+    let total_free = s.f_bavail * s.f_frsize;
+    std::fs::create_dir(a.p("a")).unwrap();
+    std::fs::create_dir(b.p("b")).unwrap();
+    // Node 1 fills about half the file system, rgrp after rgrp.
+    let half = fill(&a.p("a/big"), total_free / 2 / MIB * MIB);
+    assert_eq!(half, total_free / 2 / MIB * MIB, "node 1 ran out early");
+    let (_, _, skipped0) = rgrp_counters(&status_of(b));
+    // Node 2 fills the rest: once its own rgrps are full it asks for node
+    // 1's, and passes over the full ones by their LVBs.
+    let rest = fill(&b.p("b/big"), u64::MAX);
+    assert!(rest > 0, "node 2 could write nothing; logs in {logs}");
+    let (_, _, skipped1) = rgrp_counters(&status_of(b));
+    assert!(
+        skipped1 > skipped0,
+        "node 2 passed over no full rgrp by its LVB; logs in {logs}"
+    );
+    // Node 1 deletes its file: it needs its rgrps back from node 2, which
+    // changed none of the full ones, so node 1 keeps its copies.
+    let (kept0, _, _) = rgrp_counters(&status_of(a));
+    std::fs::remove_file(a.p("a/big")).unwrap();
+    let (kept1, _, _) = rgrp_counters(&status_of(a));
+    assert!(
+        kept1 > kept0,
+        "node 1 read back rgrps nobody changed; logs in {logs}"
+    );
+    // Node 2 finds the freed space again, although it last saw those
+    // rgrps full.
+    let again = fill(&b.p("b/again"), u64::MAX);
+    assert!(
+        again >= half * 9 / 10,
+        "node 2 wrote {again} bytes after node 1 freed {half}; logs in {logs}"
+    );
+    assert_eq!(
+        std::fs::read(a.p("b/again")).unwrap().len() as u64,
+        again,
+        "node 1 sees node 2's file"
+    );
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
