@@ -23,6 +23,7 @@ use crate::glock::{GlockKind, GlockName};
 use crate::mount::Fs;
 use crate::ops::{Attr, SetAttr, SetTime};
 use crate::plock::{LockRequest, Plocks};
+use crate::prefetch::Prefetch;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -32,8 +33,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The file system behind a FUSE session.
@@ -45,13 +45,10 @@ pub struct RdlmFuse {
     plocks: Option<Arc<Plocks>>,
     /// A cluster mount: O_APPEND files bypass the page cache (below).
     cluster: bool,
-    /// Threads asking for the inode glocks of listed entries ahead of
-    /// their lookups (see [`RdlmFuse::prefetch`]).
-    prefetchers: Arc<AtomicUsize>,
+    /// In a cluster, asks for the inode glocks of listed entries once
+    /// lookups follow a listing (made at the first readdir).
+    prefetch: OnceLock<Prefetch>,
 }
-
-/// Most threads prefetching inode glocks at once on one node.
-const MAX_PREFETCHERS: usize = 4;
 
 impl RdlmFuse {
     /// `ttl`: how long the kernel may trust attributes and names. A
@@ -63,7 +60,7 @@ impl RdlmFuse {
             ttl,
             plocks: None,
             cluster: false,
-            prefetchers: Arc::new(AtomicUsize::new(0)),
+            prefetch: OnceLock::new(),
         }
     }
 
@@ -143,44 +140,6 @@ impl RdlmFuse {
             }
             Errno::from_i32(e.errno())
         })
-    }
-
-    /// In a cluster, asks for the inode glocks (Shared) of entries just
-    /// listed, on a few threads, before their lookups come: `ls -l` of a
-    /// directory another node filled would otherwise wait for one lock
-    /// manager round trip (and one demote on the other node) per entry in
-    /// turn; ahead of time those overlap. A batch is skipped when enough
-    /// prefetchers run already; a glock this node holds is not asked for.
-    fn prefetch(&self, glocks: crate::glock::Glocks, inodes: Vec<u64>) {
-        if !self.cluster || inodes.is_empty() {
-            return;
-        }
-        let per = inodes.len().div_ceil(2);
-        for chunk in inodes.chunks(per) {
-            if self.prefetchers.fetch_add(1, Ordering::SeqCst) >= MAX_PREFETCHERS {
-                self.prefetchers.fetch_sub(1, Ordering::SeqCst);
-                return;
-            }
-            let (glocks, chunk, running) =
-                (glocks.clone(), chunk.to_vec(), self.prefetchers.clone());
-            let spawned = std::thread::Builder::new()
-                .name("rdlmfs-prefetch".into())
-                .spawn(move || {
-                    for ino in chunk {
-                        let name = GlockName::inode(ino);
-                        if glocks.mode(name).is_none() {
-                            if let Err(e) = glocks.acquire(name, crate::glock::GlockMode::Shared) {
-                                tracing::debug!(glock = %name, error = %e, "prefetch stopped");
-                                break;
-                            }
-                        }
-                    }
-                    running.fetch_sub(1, Ordering::SeqCst);
-                });
-            if spawned.is_err() {
-                self.prefetchers.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
     }
 
     fn retrying<T>(&self, f: &mut impl FnMut(&mut Fs) -> Result<T, FsError>) -> Result<T, FsError> {
@@ -602,12 +561,17 @@ impl Filesystem for RdlmFuse {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let c = cred(req);
+        let mut dir = None;
         let r = self.with(|fs| {
             let p = ino_in(fs, parent)?;
+            dir = Some(p);
             let a = fs.lookup(p, name.as_bytes(), &c)?;
             Ok((file_attr(fs, &a), a.generation))
         });
         self.entry(reply, r);
+        if let (Some(p), Some(dir)) = (self.prefetch.get(), dir) {
+            p.looked_up(dir);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -936,15 +900,15 @@ impl Filesystem for RdlmFuse {
         let r = self.with(|fs| {
             let i = ino_in(fs, ino)?;
             let v = fs.readdir(i, offset, 128)?;
-            let wanted: Vec<u64> = if self.cluster {
+            let listed: Vec<(Vec<u8>, u64)> = if self.cluster {
                 v.iter()
                     .filter(|l| l.entry.name != b"." && l.entry.name != b"..")
-                    .map(|l| l.entry.addr())
+                    .map(|l| (l.entry.name.clone(), l.entry.addr()))
                     .collect()
             } else {
                 Vec::new()
             };
-            let listed = v
+            let entries = v
                 .into_iter()
                 .map(|l| {
                     (
@@ -955,17 +919,23 @@ impl Filesystem for RdlmFuse {
                     )
                 })
                 .collect::<Vec<_>>();
-            Ok((listed, wanted, fs.glocks().clone()))
+            Ok((i, listed, entries, fs.glocks().clone()))
         });
         match r {
-            Ok((v, wanted, glocks)) => {
+            Ok((dir, listed, v, glocks)) => {
                 for (i, cookie, k, name) in v {
                     if reply.add(i, cookie, kind(k), OsStr::from_bytes(&name)) {
                         break;
                     }
                 }
                 reply.ok();
-                self.prefetch(glocks, wanted);
+                if self.cluster {
+                    self.prefetch.get_or_init(|| Prefetch::new(glocks)).listed(
+                        dir,
+                        offset == 0,
+                        listed,
+                    );
+                }
             }
             Err(e) => reply.error(dead_dir(e)),
         }

@@ -17,8 +17,10 @@
 //! - [`fuse`]: the FUSE adapter; [`cluster`]: joining the cluster for a
 //!   `lock_dlm` mount; [`fence`]: keeping a dead or cut-off node off the
 //!   disk; [`failover`]: recovering a dead node's journal while mounted;
-//!   [`flock`]: flock(2) across the cluster; [`iopen`]: who may free an
-//!   unlinked inode in a cluster;
+//!   [`plock`]: fcntl record locks and flock(2) across the cluster;
+//!   [`iopen`]: who may free an unlinked inode in a cluster; [`lvb`]: the
+//!   lock value blocks of inode and rgrp glocks; [`prefetch`]: asking for
+//!   the glocks of listed entries once lookups follow a listing;
 //! - [`process`]: termination signals and the kernel's mount tables, for
 //!   the mount process and `cluster up`;
 //! - [`status`]: `rdlmfs status`, a mount's report over its socket;
@@ -45,6 +47,7 @@ pub mod lvb;
 pub mod mount;
 pub mod ops;
 pub mod plock;
+pub mod prefetch;
 pub mod process;
 pub mod recovery;
 pub mod rgrp;

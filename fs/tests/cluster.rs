@@ -1739,3 +1739,69 @@ fn rgrp_lvbs_pass_over_full_rgrps_and_keep_unchanged_ones() {
     let findings = fsck(&img);
     assert!(findings.is_empty(), "fsck: {findings:?}");
 }
+
+/// The numbers of a status report's glocks line: held, answered from
+/// held glocks, granted, waits, given up for other nodes, released.
+fn glock_counters(status: &str) -> Vec<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("glocks:"))
+        .unwrap_or_else(|| panic!("no glocks line in\n{status}"));
+    let n: Vec<u64> = line
+        .split([' ', ';', ','])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(n.len(), 6, "{line}");
+    n
+}
+
+/// Listing a directory another node filled takes none of its entries'
+/// glocks (that node keeps them, and its caches); stat'ing the entries
+/// afterwards does take them, the rest of the listing ahead of time.
+#[test]
+fn a_plain_listing_leaves_the_entries_glocks_with_their_creator() {
+    let t = tempfile::tempdir().unwrap();
+    let c = start(&t, 2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let files = 40;
+    std::fs::create_dir(a.p("d")).unwrap();
+    for k in 0..files {
+        std::fs::write(a.p(&format!("d/f{k:02}")), b"x").unwrap();
+    }
+    let given0 = glock_counters(&status_of(a))[4];
+    let held0 = glock_counters(&status_of(b))[0];
+    let mut names: Vec<String> = std::fs::read_dir(b.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), files);
+    // Give a prefetch, if one wrongly started, time to show.
+    std::thread::sleep(Duration::from_millis(300));
+    let held1 = glock_counters(&status_of(b))[0];
+    let given1 = glock_counters(&status_of(a))[4];
+    assert!(
+        held1 - held0 < 5,
+        "listing took {} glocks on node 2",
+        held1 - held0
+    );
+    assert!(
+        given1 - given0 < 5,
+        "node 1 gave up {} glocks for a listing on node 2",
+        given1 - given0
+    );
+    // `ls -l`: every entry is stat'ed, and its glock is taken.
+    for n in &names {
+        let m = std::fs::metadata(b.p(&format!("d/{n}"))).unwrap();
+        assert_eq!(m.len(), 1, "{n}");
+    }
+    let held2 = glock_counters(&status_of(b))[0];
+    assert!(
+        held2 - held1 >= files as u64,
+        "node 2 holds {} more glocks after stat'ing {files} files",
+        held2 - held1
+    );
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
