@@ -26,6 +26,12 @@
 //!    step 3 (a bounded number of times). Otherwise sync once more and
 //!    convert or unlock at the lock module *before* letting the file
 //!    system go, so no operation can use the glock in between.
+//!
+//! The same worker keeps the number of cached glocks bounded (GFS2's glock
+//! shrinker, with a count instead of the kernel's memory pressure): once a
+//! second, if more than the mount's limit are held, it gives the least
+//! recently used inode and iopen glocks up through the same demote, as if
+//! another node had asked for them.
 
 use crate::glock::{DemoteClaim, GlockKind, GlockMode, GlockName, Glocks};
 use crate::mount::Fs;
@@ -53,6 +59,13 @@ pub const MAX_PASSES: u32 = 8;
 /// before it is tried again.
 const BUSY_RETRY: Duration = Duration::from_millis(2);
 
+/// How often the worker checks the number of cached glocks.
+const SHRINK_EVERY: Duration = Duration::from_secs(1);
+
+/// Most glocks one check gives up (the rest wait for the next check, so
+/// other nodes' requests are not held up behind a long shrink).
+const SHRINK_BATCH: usize = 4096;
+
 /// Another node wants `name` in `wanted`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DemoteRequest {
@@ -60,12 +73,14 @@ pub struct DemoteRequest {
     pub wanted: GlockMode,
 }
 
-/// Starts the worker; it ends when every sender is dropped.
+/// Starts the worker; it ends when every sender is dropped. It keeps at
+/// most `max_glocks` glocks cached (see the module doc).
 pub fn spawn(
     fs: Arc<Mutex<Option<Fs>>>,
     glocks: Glocks,
     kernel: Arc<dyn KernelCaches>,
     min_hold: Duration,
+    max_glocks: usize,
 ) -> std::io::Result<(Sender<DemoteRequest>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
     let w = Worker {
@@ -73,6 +88,7 @@ pub fn spawn(
         glocks,
         kernel,
         min_hold,
+        max_glocks,
     };
     let h = std::thread::Builder::new()
         .name("rdlmfs-demote".into())
@@ -85,6 +101,7 @@ struct Worker {
     glocks: Glocks,
     kernel: Arc<dyn KernelCaches>,
     min_hold: Duration,
+    max_glocks: usize,
 }
 
 impl Worker {
@@ -92,9 +109,15 @@ impl Worker {
         // Requests not yet done, with the strongest mode wanted and, for a
         // glock that was busy, when to try again.
         let mut pending: BTreeMap<GlockName, (GlockMode, Option<Instant>)> = BTreeMap::new();
+        let mut shrink_at = Instant::now() + SHRINK_EVERY;
         loop {
+            if Instant::now() >= shrink_at {
+                self.shrink(&pending);
+                shrink_at = Instant::now() + SHRINK_EVERY;
+            }
             let now = Instant::now();
-            let mut next: Option<Instant> = None;
+            // The shrinker's turn bounds every wait.
+            let mut next = shrink_at;
             let due: Vec<(GlockName, GlockMode)> = pending
                 .iter()
                 .filter(|(n, (_, retry))| {
@@ -102,7 +125,7 @@ impl Worker {
                     if at <= now {
                         true
                     } else {
-                        next = Some(next.map_or(at, |x: Instant| x.min(at)));
+                        next = next.min(at);
                         false
                     }
                 })
@@ -112,16 +135,11 @@ impl Worker {
                 pending.remove(&n);
                 if !self.demote(n, m) {
                     let at = Instant::now() + BUSY_RETRY;
-                    next = Some(next.map_or(at, |x: Instant| x.min(at)));
+                    next = next.min(at);
                     pending.insert(n, (m, Some(at)));
                 }
             }
-            let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
-            let got = match wait {
-                Some(w) => rx.recv_timeout(w),
-                None if pending.is_empty() => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                None => continue,
-            };
+            let got = rx.recv_timeout(next.saturating_duration_since(Instant::now()));
             match got {
                 Ok(r) => {
                     let e = pending.entry(r.name).or_insert((r.wanted, None));
@@ -129,6 +147,30 @@ impl Worker {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Gives up the least recently used glocks beyond the limit, skipping
+    /// those another node already asked for (they go in their turn).
+    fn shrink(&self, pending: &BTreeMap<GlockName, (GlockMode, Option<Instant>)>) {
+        let victims = self
+            .glocks
+            .least_recently_used_beyond(self.max_glocks, SHRINK_BATCH);
+        if victims.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            count = victims.len(),
+            limit = self.max_glocks,
+            "giving up cached glocks"
+        );
+        for name in victims {
+            if pending.contains_key(&name) {
+                continue;
+            }
+            if self.demote(name, GlockMode::Exclusive) && self.glocks.mode(name).is_none() {
+                self.glocks.count_shrunk();
             }
         }
     }

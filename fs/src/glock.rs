@@ -164,6 +164,8 @@ pub struct GlockStats {
     /// Glocks given up or converted down for another node.
     pub demoted: u64,
     pub released: u64,
+    /// Glocks given up to stay under the mount's limit (`glocks=N`).
+    pub shrunk: u64,
 }
 
 /// What [`Glocks::begin_demote`] found.
@@ -195,6 +197,16 @@ struct Entry {
     /// Never demoted for another node (this node's journal, its per-node
     /// system files): only recovery after this node's death takes them.
     pinned: bool,
+    /// When an operation last used it (the shrinker gives the least
+    /// recently used up first).
+    last_used: Option<Instant>,
+}
+
+impl Entry {
+    fn used(&mut self) {
+        self.uses += 1;
+        self.last_used = Some(Instant::now());
+    }
 }
 
 #[derive(Default)]
@@ -251,7 +263,7 @@ impl Glocks {
         let t = &mut *g;
         let e = t.entries.entry(name).or_default();
         if e.mode >= Some(mode) {
-            e.uses += 1;
+            e.used();
             t.stats.cached += 1;
             return Ok(());
         }
@@ -262,7 +274,7 @@ impl Glocks {
         let lvb = self.proto.lock(name, mode)?;
         e.mode = Some(mode);
         e.granted_at = Some(Instant::now());
-        e.uses += 1;
+        e.used();
         e.lvb = lvb;
         t.stats.acquired += 1;
         Ok(())
@@ -292,7 +304,7 @@ impl Glocks {
         let t = &mut *g;
         let e = t.entries.entry(name).or_default();
         if e.mode >= Some(mode) {
-            e.uses += 1;
+            e.used();
             t.stats.cached += 1;
             return Ok(true);
         }
@@ -314,7 +326,7 @@ impl Glocks {
         if matches!(r, Ok(true)) {
             e.mode = Some(mode);
             e.granted_at = Some(Instant::now());
-            e.uses += 1;
+            e.used();
             // The try reports no LVB: none is known rather than an older one.
             e.lvb = None;
             t.stats.acquired += 1;
@@ -503,6 +515,39 @@ impl Glocks {
         r
     }
 
+    /// When more than `limit` glocks are held: the least recently used
+    /// inode and iopen glocks that are neither pinned nor busy, as many as
+    /// bring the count down to 90% of `limit` (so the shrinker does not
+    /// run again for every new glock), at most `batch`. Empty otherwise.
+    pub fn least_recently_used_beyond(&self, limit: usize, batch: usize) -> Vec<GlockName> {
+        let t = self.table();
+        let held = t.entries.values().filter(|e| e.mode.is_some()).count();
+        if held <= limit {
+            return Vec::new();
+        }
+        let target = limit - limit / 10;
+        let now = Instant::now();
+        let mut idle: Vec<(Instant, GlockName)> = t
+            .entries
+            .iter()
+            .filter(|(n, e)| {
+                e.mode.is_some()
+                    && !e.pinned
+                    && !e.busy
+                    && matches!(n.kind, GlockKind::Inode | GlockKind::Iopen)
+            })
+            .map(|(n, e)| (e.last_used.or(e.granted_at).unwrap_or(now), *n))
+            .collect();
+        idle.sort_unstable();
+        idle.truncate((held - target).min(batch));
+        idle.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// The shrinker gave a glock up.
+    pub fn count_shrunk(&self) {
+        self.table().stats.shrunk += 1;
+    }
+
     /// Ends a demote begun with [`Glocks::begin_demote`] without changing
     /// anything (the file system is going away, or could not write back).
     pub fn abort_demote(&self, name: GlockName) {
@@ -661,5 +706,24 @@ mod tests {
         let b = GlockName::inode(256).resource_name();
         assert!(a < b);
         assert_eq!(a[0], GlockKind::Inode as u8);
+    }
+
+    #[test]
+    fn the_shrinker_picks_the_least_recently_used_unpinned_inode_glocks() {
+        let g = Glocks::new(Arc::new(Nolock));
+        for i in 0..20 {
+            g.hold(GlockName::inode(i), GlockMode::Shared).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        g.hold(GlockName::rgrp(1000), GlockMode::Exclusive).unwrap();
+        g.pin(GlockName::inode(0));
+        // Used again: now the most recent.
+        g.hold(GlockName::inode(1), GlockMode::Shared).unwrap();
+        assert!(g.least_recently_used_beyond(21, 100).is_empty());
+        // 21 held, limit 10: down to 9.
+        let v = g.least_recently_used_beyond(10, 100);
+        let want: Vec<GlockName> = (2..14).map(GlockName::inode).collect();
+        assert_eq!(v, want);
+        assert_eq!(g.least_recently_used_beyond(10, 3), want[..3].to_vec());
     }
 }

@@ -53,6 +53,9 @@ pub struct MountOptions {
     pub cache_blocks: usize,
     /// Decoded inodes kept in memory.
     pub cache_inodes: usize,
+    /// Glocks kept cached in a cluster; past this the least recently used
+    /// are given up (`demote.rs`).
+    pub max_glocks: usize,
     /// Journal to use (node slot); 0 with lock_nolock.
     pub jid: u32,
     /// Commit the running transaction at least this often.
@@ -69,6 +72,7 @@ impl Default for MountOptions {
             atime: AtimeMode::Relatime,
             cache_blocks: 16384,
             cache_inodes: 65536,
+            max_glocks: 65536,
             jid: 0,
             commit_interval: Duration::from_secs(5),
             force_nolock: false,

@@ -122,13 +122,14 @@ impl Source {
         let list = self.glocks.list();
         let _ = writeln!(
             o,
-            "glocks:   {} held; {} requests answered from held glocks, {} granted by the lock manager, {} waits, {} given up for other nodes, {} released",
+            "glocks:   {} held; {} requests answered from held glocks, {} granted by the lock manager, {} waits, {} given up for other nodes, {} released, {} given up to stay under the limit",
             list.len(),
             gs.cached,
             gs.acquired,
             gs.waits,
-            gs.demoted,
-            gs.released
+            gs.demoted.saturating_sub(gs.shrunk),
+            gs.released,
+            gs.shrunk
         );
         if gs.cached + gs.acquired > 0 {
             let _ = writeln!(

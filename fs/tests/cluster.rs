@@ -158,13 +158,19 @@ fn image_options() -> MkfsOptions {
 
 /// Formats a lock_dlm image, serves it, mounts `n` nodes.
 fn start(t: &tempfile::TempDir, n: u32) -> Cluster {
-    start_net(t, n, None)
+    start_net(t, n, None, &[])
 }
 
 /// [`start`]; with `cut`, the last node runs in its own network namespace
 /// and everything else talks over the host end of its veth pair, so that
 /// pulling that link cuts the node off from the cluster and the disk.
-fn start_net(t: &tempfile::TempDir, n: u32, cut: Option<&NetCut>) -> Cluster {
+/// `node_opts`: mount options (`-o`) added for some nodes.
+fn start_net(
+    t: &tempfile::TempDir,
+    n: u32,
+    cut: Option<&NetCut>,
+    node_opts: &[(u32, &str)],
+) -> Cluster {
     let img = t.path().join("fs.img");
     std::fs::File::create(&img)
         .unwrap()
@@ -220,7 +226,12 @@ fn start_net(t: &tempfile::TempDir, n: u32, cut: Option<&NetCut>) -> Cluster {
                     t.path().join("nbd.admin").display().to_string(),
                     "-o".into(),
                     std::env::var("RDLMFS_TEST_FS_LOG")
-                        .map_or("log=info".into(), |l| format!("log={l}")),
+                        .map_or("log=info".into(), |l| format!("log={l}"))
+                        + &node_opts
+                            .iter()
+                            .filter(|(node, _)| *node == id)
+                            .map(|(_, o)| format!(",{o}"))
+                            .collect::<String>(),
                 ],
             )
         })
@@ -1450,7 +1461,7 @@ impl Drop for NetCut {
 fn a_node_cut_off_by_its_network_is_fenced_and_the_others_go_on() {
     let cut = NetCut::new();
     let t = tempfile::tempdir().unwrap();
-    let mut c = start_net(&t, 3, Some(&cut));
+    let mut c = start_net(&t, 3, Some(&cut), &[]);
     // Node 3 writes and fsyncs, then writes more without fsync.
     std::fs::create_dir(c.nodes[2].p("n3")).unwrap();
     for k in 0..10 {
@@ -1741,7 +1752,8 @@ fn rgrp_lvbs_pass_over_full_rgrps_and_keep_unchanged_ones() {
 }
 
 /// The numbers of a status report's glocks line: held, answered from
-/// held glocks, granted, waits, given up for other nodes, released.
+/// held glocks, granted, waits, given up for other nodes, released, given
+/// up to stay under the limit.
 fn glock_counters(status: &str) -> Vec<u64> {
     let line = status
         .lines()
@@ -1751,7 +1763,7 @@ fn glock_counters(status: &str) -> Vec<u64> {
         .split([' ', ';', ','])
         .filter_map(|w| w.parse().ok())
         .collect();
-    assert_eq!(n.len(), 6, "{line}");
+    assert_eq!(n.len(), 7, "{line}");
     n
 }
 
@@ -1801,6 +1813,58 @@ fn a_plain_listing_leaves_the_entries_glocks_with_their_creator() {
         "node 2 holds {} more glocks after stat'ing {files} files",
         held2 - held1
     );
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
+
+/// A node keeps at most `glocks=N` glocks cached: past that it gives the
+/// least recently used up (as if another node had asked), and what they
+/// covered is read again, correctly, when it is used next.
+#[test]
+fn cached_glocks_are_bounded_by_the_mount_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let limit = 40;
+    let c = start_net(&t, 2, None, &[(2, "glocks=40")]);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let files = 200;
+    std::fs::create_dir(a.p("d")).unwrap();
+    for k in 0..files {
+        std::fs::write(a.p(&format!("d/f{k:03}")), format!("v1 {k}")).unwrap();
+    }
+    for k in 0..files {
+        assert_eq!(
+            read(b.p(&format!("d/f{k:03}"))),
+            format!("v1 {k}").into_bytes()
+        );
+    }
+    // The shrinker runs once a second.
+    let mut g = glock_counters(&status_of(b));
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while g[0] > limit && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+        g = glock_counters(&status_of(b));
+    }
+    assert!(
+        g[0] <= limit,
+        "node 2 still holds {} glocks (limit {limit}); logs in {}",
+        g[0],
+        t.path().display()
+    );
+    assert!(g[6] > 0, "nothing given up under the limit: {g:?}");
+    // Node 1 changes files whose glocks node 2 gave up, and some it may
+    // still hold: node 2 sees every change.
+    for k in (0..files).step_by(7) {
+        std::fs::write(a.p(&format!("d/f{k:03}")), format!("v2 {k}")).unwrap();
+    }
+    for k in 0..files {
+        let want = if k % 7 == 0 { "v2" } else { "v1" };
+        assert_eq!(
+            read(b.p(&format!("d/f{k:03}"))),
+            format!("{want} {k}").into_bytes(),
+            "f{k:03}"
+        );
+    }
     let img = c.stop();
     let findings = fsck(&img);
     assert!(findings.is_empty(), "fsck: {findings:?}");

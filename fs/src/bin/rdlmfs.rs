@@ -43,8 +43,8 @@ struct MountArgs {
     device: String,
     mountpoint: PathBuf,
     /// Comma-separated options: ro, rw, noatime, relatime, strictatime,
-    /// lockproto=nolock, cache=BLOCKS, commit=SECONDS, log=LEVEL,
-    /// force_nolock; mount(8)'s generic options (defaults, _netdev, nofail,
+    /// lockproto=nolock, cache=BLOCKS, glocks=N (cached glocks kept, in a
+    /// cluster), commit=SECONDS, log=LEVEL, force_nolock; mount(8)'s generic options (defaults, _netdev, nofail,
     /// auto, noauto, user, nouser, exec, suid, dev) are accepted and ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Option<String>,
@@ -107,6 +107,7 @@ fn parse_options(s: Option<&str>) -> Result<Parsed, String> {
             },
             "force_nolock" => p.mount.force_nolock = true,
             "cache" => p.mount.cache_blocks = num(v)?.clamp(64, 1 << 24) as usize,
+            "glocks" => p.mount.max_glocks = num(v)?.clamp(16, 1 << 24) as usize,
             "commit" => p.mount.commit_interval = Duration::from_secs(num(v)?.clamp(1, 3600)),
             "log" => p.log = v.ok_or("option log needs a level")?.to_string(),
             "defaults" | "_netdev" | "nofail" | "auto" | "noauto" | "user" | "nouser" | "exec"
@@ -273,6 +274,7 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
             glocks.clone(),
             kernel,
             Duration::from_millis(m.min_hold_ms),
+            parsed.mount.max_glocks,
         )
         .map_err(|e| format!("demote worker: {e}"))?;
         demote_tx = Some(tx.clone());
