@@ -561,6 +561,13 @@ impl Glocks {
 
     /// Gives every glock up (unmount); Exclusive ones leave an empty LVB.
     pub fn release_all(&self) -> Result<()> {
+        self.release_all_with(HashMap::new())
+    }
+
+    /// [`Glocks::release_all`], where an Exclusive glock named in `lvbs`
+    /// leaves that LVB (the caller has put everything it describes on
+    /// disk).
+    pub fn release_all_with(&self, mut lvbs: HashMap<GlockName, Vec<u8>>) -> Result<()> {
         let held: Vec<(GlockName, GlockMode)> = {
             let t = self.table();
             t.entries
@@ -570,7 +577,7 @@ impl Glocks {
         };
         let mut first_err = None;
         for (n, m) in held {
-            if let Err(e) = self.proto.unlock(n, lvb_on_release(m, None)) {
+            if let Err(e) = self.proto.unlock(n, lvb_on_release(m, lvbs.remove(&n))) {
                 first_err.get_or_insert(e);
             }
             let mut t = self.table();

@@ -21,8 +21,9 @@ use crate::format::rgrp::{decode_rindex, BlockState};
 use crate::format::superblock::{LockProto, Superblock, INCOMPAT_KNOWN};
 use crate::format::sysfile::{self, StatfsRecord};
 use crate::format::{Dinode, DinodeFlags, Geometry};
-use crate::glock::{GlockMode, GlockName, Glocks, LockProtocol, Nolock};
+use crate::glock::{GlockKind, GlockMode, GlockName, Glocks, LockProtocol, Nolock};
 use crate::log::{Log, LogPosition};
+use crate::lvb::InodeLvb;
 use crate::recovery::{self, JournalExtent, ReplayReport};
 use crate::rgrp::Rgrps;
 use blockdev::BlockDevice;
@@ -889,7 +890,33 @@ impl Fs {
             StatfsDelta::default(),
         )?;
         self.dev.flush().map_err(IoError::Device)?;
-        self.glocks.release_all()?;
+        // Everything is in place: the Exclusive glocks whose inode or rgrp
+        // this node has in memory leave LVBs describing them, so the other
+        // nodes keep their copies (nothing is read for this).
+        let mut lvbs = HashMap::new();
+        for (name, mode) in self.glocks.list() {
+            if mode != GlockMode::Exclusive {
+                continue;
+            }
+            let lvb = match name.kind {
+                GlockKind::Inode => match self.inodes.get(&name.number) {
+                    Some(d) => Some(InodeLvb::encode(d)),
+                    // A buffer-cache hit, or nothing.
+                    None if self.cache.current_data(name.number).is_some() => self
+                        .cache
+                        .read_meta::<Dinode>(&*self.dev, name.number)
+                        .ok()
+                        .map(|d| InodeLvb::encode(&d)),
+                    None => None,
+                },
+                GlockKind::Rgrp => self.rgrps.loaded_lvb(name.number),
+                _ => None,
+            };
+            if let Some(l) = lvb {
+                lvbs.insert(name, l);
+            }
+        }
+        self.glocks.release_all_with(lvbs)?;
         tracing::info!(device = self.dev.name(), "unmounted cleanly");
         Ok(())
     }

@@ -228,20 +228,33 @@ impl Rgrps {
     /// checkpointed): the header as loaded here, else as the buffer cache
     /// or the disk has it. None (an empty LVB) if it cannot be read.
     pub fn lvb(&self, cache: &mut BufCache, dev: &dyn BlockDevice, addr: u64) -> Option<Vec<u8>> {
-        let i = self.entries.iter().position(|e| e.addr == addr)?;
-        let (version, free, dinodes) = match self.loaded.get(&i) {
-            Some(l) => (l.hdr.version, l.hdr.free, l.hdr.dinodes),
-            None => {
-                let h: RgrpHeader = cache.read_meta(dev, addr).ok()?;
-                (h.version, h.free, h.dinodes)
-            }
-        };
+        if let Some(l) = self.loaded_lvb(addr) {
+            return Some(l);
+        }
+        self.entries.iter().find(|e| e.addr == addr)?;
+        let h: RgrpHeader = cache.read_meta(dev, addr).ok()?;
         Some(
             RgrpLvb {
                 addr,
-                version,
-                free,
-                dinodes,
+                version: h.version,
+                free: h.free,
+                dinodes: h.dinodes,
+            }
+            .encode(),
+        )
+    }
+
+    /// [`Rgrps::lvb`] for an rgrp loaded here; None (read nothing)
+    /// otherwise.
+    pub fn loaded_lvb(&self, addr: u64) -> Option<Vec<u8>> {
+        let i = self.entries.iter().position(|e| e.addr == addr)?;
+        let l = self.loaded.get(&i)?;
+        Some(
+            RgrpLvb {
+                addr,
+                version: l.hdr.version,
+                free: l.hdr.free,
+                dinodes: l.hdr.dinodes,
             }
             .encode(),
         )

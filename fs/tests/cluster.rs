@@ -1869,3 +1869,50 @@ fn cached_glocks_are_bounded_by_the_mount_limit() {
     let findings = fsck(&img);
     assert!(findings.is_empty(), "fsck: {findings:?}");
 }
+
+/// A node that unmounts leaves LVBs for the glocks it held Exclusive: a
+/// node that had copies of those inodes keeps them instead of reading
+/// them again. (An LVB lives with the lock's master; the files are made
+/// on node 2, which therefore masters their locks and outlives node 1.
+/// Where the leaving node was the master and nobody else holds the lock,
+/// the lock and its LVB go with it, as in the Linux DLM.)
+#[test]
+fn an_unmounting_node_leaves_lvbs_so_others_keep_their_copies() {
+    let t = tempfile::tempdir().unwrap();
+    let mut c = start(&t, 2);
+    let files = 10;
+    for k in 0..files {
+        std::fs::write(c.nodes[1].p(&format!("f{k}")), format!("{k}")).unwrap();
+    }
+    // Node 1 takes each glock Exclusive without changing anything (node 2
+    // keeps its copies aside), and still holds them when it unmounts.
+    for k in 0..files {
+        let path = std::ffi::CString::new(
+            c.nodes[0]
+                .p(&format!("f{k}"))
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap();
+        let r = unsafe { libc::removexattr(path.as_ptr(), c"user.none".as_ptr()) };
+        assert_eq!(r, -1);
+    }
+    let (kept0, _, _) = lvb_counters(&status_of(&c.nodes[1]));
+    c.nodes.remove(0).stop();
+    for k in 0..files {
+        assert_eq!(
+            read(c.nodes[0].p(&format!("f{k}"))),
+            format!("{k}").into_bytes()
+        );
+    }
+    let (kept1, _, _) = lvb_counters(&status_of(&c.nodes[0]));
+    assert!(
+        kept1 - kept0 >= files as u64,
+        "node 2 kept {} of {files} inodes after node 1 unmounted; logs in {}",
+        kept1 - kept0,
+        t.path().display()
+    );
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
