@@ -258,6 +258,13 @@ impl Cluster {
     }
 }
 
+/// Unmounts every node, then checks the image: fsck must find nothing.
+fn stop_and_fsck(c: Cluster) {
+    let img = c.stop();
+    let findings = fsck(&img);
+    assert!(findings.is_empty(), "fsck: {findings:?}");
+}
+
 fn read(p: PathBuf) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
@@ -347,9 +354,7 @@ fn two_nodes_see_each_others_changes_at_once() {
     assert_eq!(n, 2, "getxattr on b: {}", std::io::Error::last_os_error());
     assert_eq!(&buf[..2], b"v1");
 
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 #[test]
@@ -397,9 +402,7 @@ fn concurrent_creates_in_one_directory_lose_nothing() {
             );
         }
     }
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 /// `key=value` from a tracing line.
@@ -601,9 +604,7 @@ fn a_killed_node_is_fenced_and_recovered_by_the_survivors() {
     assert_eq!(fenced.len(), 1, "fenced clients: {fenced:?}");
     assert!(fenced[0].starts_with("t/node3/"), "fenced: {fenced:?}");
 
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 fn flock(f: &std::fs::File, op: i32) -> i32 {
@@ -696,9 +697,7 @@ fn fcntl_record_locks_are_cluster_wide() {
         "the whole file"
     );
     drop((fa, fb));
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 /// The addresses of the indirect blocks in `img` that belong to the
@@ -877,9 +876,7 @@ fn flock_is_cluster_wide() {
             }
         }
     }
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 #[test]
@@ -951,9 +948,7 @@ fn renames_across_directories_from_two_nodes_at_once_lose_nothing() {
             );
         }
     }
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 /// A shared mapping of `len` bytes of `f`.
@@ -1047,9 +1042,7 @@ fn memory_mapped_reads_and_writes_are_coherent_across_nodes() {
     }
     assert_eq!(&ma.bytes()[8192..8198], b"from b");
     drop((ma, mb, fa, fb));
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 #[test]
@@ -1116,9 +1109,7 @@ fn a_node_stopped_past_its_lease_is_fenced_and_writes_nothing_when_it_resumes() 
     }
     // It must be remounted: kill it (it cannot unmount cleanly).
     c.nodes.remove(2).kill();
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 #[test]
@@ -1168,9 +1159,7 @@ fn an_unlinked_file_open_on_another_node_lives_until_its_last_close() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 /// `rdlmfs status` of a mount.
@@ -1188,18 +1177,25 @@ fn status_of(m: &Mounted) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The numbers on the status report line starting with `label`, which
+/// must be `count` of them.
+fn status_numbers(status: &str, label: &str, count: usize) -> Vec<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label} line in\n{status}"));
+    let n: Vec<u64> = line
+        .split([' ', ';', ','])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(n.len(), count, "{line}");
+    n
+}
+
 /// The three LVB counters of a status report: kept, stats from LVBs,
 /// dinodes read after a grant.
 fn lvb_counters(status: &str) -> (u64, u64, u64) {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("LVBs:"))
-        .unwrap_or_else(|| panic!("no LVB line in\n{status}"));
-    let n: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    assert_eq!(n.len(), 3, "{line}");
+    let n = status_numbers(status, "LVBs:", 3);
     (n[0], n[1], n[2])
 }
 
@@ -1274,9 +1270,7 @@ fn inode_lvbs_answer_stat_and_keep_unchanged_inodes() {
     std::fs::write(a.p("f3"), b"changed").unwrap();
     assert_eq!(read(b.p("f3")), b"changed");
     assert_eq!(std::fs::metadata(b.p("f3")).unwrap().size(), 7);
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 #[test]
@@ -1369,9 +1363,7 @@ fn two_nodes_writing_one_file_at_once_both_land() {
             );
         }
     }
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 /// A network namespace with a veth pair to the host, removed on drop.
@@ -1519,9 +1511,7 @@ fn a_node_cut_off_by_its_network_is_fenced_and_the_others_go_on() {
         );
     }
     c.nodes.remove(2).kill();
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 /// Names churned from two nodes at once (links, unlinks, renames, creates
@@ -1591,9 +1581,7 @@ fn link_unlink_rename_churn_from_two_nodes_keeps_link_counts() {
     let la = list(&c.nodes[0]);
     let lb = list(&c.nodes[1]);
     assert_eq!(la, lb, "the two nodes list different names");
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
     drop(std::mem::ManuallyDrop::into_inner(t));
 }
 
@@ -1654,23 +1642,13 @@ fn directories_made_on_different_nodes_land_in_different_rgrps() {
             );
         }
     }
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 /// The three rgrp LVB counters of a status report: kept across a
 /// re-grant, read, passed over as full.
 fn rgrp_counters(status: &str) -> (u64, u64, u64) {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("rgrps:"))
-        .unwrap_or_else(|| panic!("no rgrps line in\n{status}"));
-    let n: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    assert_eq!(n.len(), 3, "{line}");
+    let n = status_numbers(status, "rgrps:", 3);
     (n[0], n[1], n[2])
 }
 
@@ -1746,25 +1724,14 @@ fn rgrp_lvbs_pass_over_full_rgrps_and_keep_unchanged_ones() {
         again,
         "node 1 sees node 2's file"
     );
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 /// The numbers of a status report's glocks line: held, answered from
 /// held glocks, granted, waits, given up for other nodes, released, given
 /// up to stay under the limit.
 fn glock_counters(status: &str) -> Vec<u64> {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("glocks:"))
-        .unwrap_or_else(|| panic!("no glocks line in\n{status}"));
-    let n: Vec<u64> = line
-        .split([' ', ';', ','])
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    assert_eq!(n.len(), 7, "{line}");
-    n
+    status_numbers(status, "glocks:", 7)
 }
 
 /// Listing a directory another node filled takes none of its entries'
@@ -1813,9 +1780,7 @@ fn a_plain_listing_leaves_the_entries_glocks_with_their_creator() {
         "node 2 holds {} more glocks after stat'ing {files} files",
         held2 - held1
     );
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 /// A node keeps at most `glocks=N` glocks cached: past that it gives the
@@ -1865,9 +1830,7 @@ fn cached_glocks_are_bounded_by_the_mount_limit() {
             "f{k:03}"
         );
     }
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
 
 /// A node that unmounts leaves LVBs for the glocks it held Exclusive: a
@@ -1912,7 +1875,5 @@ fn an_unmounting_node_leaves_lvbs_so_others_keep_their_copies() {
         kept1 - kept0,
         t.path().display()
     );
-    let img = c.stop();
-    let findings = fsck(&img);
-    assert!(findings.is_empty(), "fsck: {findings:?}");
+    stop_and_fsck(c);
 }
