@@ -205,6 +205,11 @@ impl BufCache {
         self.bufs.get(&blkno).map(|b| b.data.clone())
     }
 
+    /// Whether `blkno` is in the cache (a read would need no I/O).
+    pub fn is_cached(&self, blkno: u64) -> bool {
+        self.bufs.contains_key(&blkno)
+    }
+
     pub fn forget(&mut self, blkno: u64) {
         self.remember(blkno);
         self.bufs.remove(&blkno);

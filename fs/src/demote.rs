@@ -260,11 +260,7 @@ impl Worker {
             self.glocks.abort_demote(name);
             return None;
         }
-        let lvb = match (name.kind, held) {
-            (GlockKind::Inode, GlockMode::Exclusive) => fs.inode_lvb(name.number),
-            (GlockKind::Rgrp, GlockMode::Exclusive) => fs.rgrp_lvb(name.number),
-            _ => None,
-        };
+        let lvb = fs.go_lvb(name, held);
         tracing::debug!(glock = %name, lvb = ?lvb.as_ref().map(|b| (crate::lvb::InodeLvb::decode(b), crate::lvb::RgrpLvb::decode(b, name.number))), "demote LVB");
         if to.is_none() {
             fs.go_inval(name);

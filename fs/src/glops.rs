@@ -2,8 +2,9 @@
 //! what must reach the disk first (`go_sync`) and which of this node's
 //! caches stop being trustworthy (`go_inval`).
 //!
-//! Owns: those two rules per [`GlockKind`]. May not touch: the order of
-//! the demote (that is `demote.rs`), the kernel's caches (the FUSE adapter
+//! Owns: those two rules per [`GlockKind`], and which LVB a holder leaves
+//! (`go_lvb`; the layouts are `lvb.rs`'s). May not touch: the order of the
+//! demote (that is `demote.rs`), the kernel's caches (the FUSE adapter
 //! invalidates them), or the lock module.
 //!
 //! Replay safety — the rule GFS2 and OCFS2 both follow in their own way:
@@ -33,6 +34,20 @@ impl Fs {
                 self.checkpoint_and_mark_tail()
             }
             GlockKind::Control | GlockKind::Journal => Ok(()),
+        }
+    }
+
+    /// The LVB this node leaves in `name` when it lets go of it in `held`
+    /// (after [`Fs::go_sync`]): an Exclusive holder of an inode or rgrp
+    /// glock describes what it covers (`lvb.rs`); None (an empty LVB, or
+    /// none written) otherwise.
+    pub fn go_lvb(&mut self, name: GlockName, held: GlockMode) -> Option<Vec<u8>> {
+        match (name.kind, held) {
+            (GlockKind::Inode, GlockMode::Exclusive) => self.inode_lvb(name.number),
+            (GlockKind::Rgrp, GlockMode::Exclusive) => {
+                self.rgrps.lvb(&mut self.cache, &*self.dev, name.number)
+            }
+            _ => None,
         }
     }
 

@@ -99,12 +99,6 @@ impl Fs {
         Some(InodeLvb::encode(&d))
     }
 
-    /// The LVB an Exclusive holder of the rgrp glock at `addr` leaves
-    /// (see [`crate::rgrp::Rgrps::lvb`]).
-    pub(crate) fn rgrp_lvb(&mut self, addr: u64) -> Option<Vec<u8>> {
-        self.rgrps.lvb(&mut self.cache, &*self.dev, addr)
-    }
-
     /// The attributes of `ino` from its glock's LVB, without the dinode:
     /// only while this node holds the glock Shared (nobody, this node
     /// included, can have changed the inode since the grant) and has no

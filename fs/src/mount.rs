@@ -902,7 +902,7 @@ impl Fs {
                 GlockKind::Inode => match self.inodes.get(&name.number) {
                     Some(d) => Some(InodeLvb::encode(d)),
                     // A buffer-cache hit, or nothing.
-                    None if self.cache.current_data(name.number).is_some() => self
+                    None if self.cache.is_cached(name.number) => self
                         .cache
                         .read_meta::<Dinode>(&*self.dev, name.number)
                         .ok()
