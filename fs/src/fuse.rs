@@ -16,6 +16,7 @@
 //! the kernel, clears setuid/setgid bits (FUSE_HANDLE_KILLPRIV).
 
 use crate::acl::Cred;
+use crate::dcache::Dcache;
 use crate::demote::KernelCaches;
 use crate::error::FsError;
 use crate::format::{formal_ino, FileType as FT, Timestamp};
@@ -48,6 +49,9 @@ pub struct RdlmFuse {
     /// In a cluster, asks for the inode glocks of listed entries once
     /// lookups follow a listing (made at the first readdir).
     prefetch: OnceLock<Prefetch>,
+    /// In a cluster, where the kernel has each directory (`dcache.rs`):
+    /// another node may move one.
+    dcache: Option<Arc<Dcache>>,
 }
 
 impl RdlmFuse {
@@ -61,6 +65,7 @@ impl RdlmFuse {
             plocks: None,
             cluster: false,
             prefetch: OnceLock::new(),
+            dcache: None,
         }
     }
 
@@ -70,7 +75,14 @@ impl RdlmFuse {
     pub fn clustered(mut self, plocks: Arc<Plocks>) -> RdlmFuse {
         self.plocks = Some(plocks);
         self.cluster = true;
+        self.dcache = Some(Arc::new(Dcache::new()));
         self
+    }
+
+    /// Where the kernel has this mount's directories (a cluster mount);
+    /// its notifier is set once the session exists.
+    pub fn dcache(&self) -> Option<Arc<Dcache>> {
+        self.dcache.clone()
     }
 
     /// How a file opened with `flags` is served. In a cluster a file
@@ -402,10 +414,60 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
 
 impl RdlmFuse {
     fn entry(&self, reply: ReplyEntry, r: Result<(FileAttr, u64), Errno>) {
-        match r {
-            Ok((a, generation)) => reply.entry(&self.ttl, &a, fuse_generation(generation)),
-            Err(e) => reply.error(e),
+        answer_entry(self.ttl, reply, r);
+    }
+
+    /// Answers a lookup or mkdir in a cluster, where the entry may be a
+    /// directory the kernel still has under another parent (another node
+    /// moved it): that old entry is let go of first, off this FUSE thread
+    /// (see `dcache.rs`).
+    fn entry_of_lookup(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+        r: Result<(FileAttr, u64), Errno>,
+    ) {
+        let (Some(dcache), Ok((a, _))) = (&self.dcache, &r) else {
+            return self.entry(reply, r);
+        };
+        if a.kind != FileType::Directory {
+            return self.entry(reply, r);
         }
+        let Some(old) = dcache.told(a.ino.0, parent.0, name.as_bytes()) else {
+            return self.entry(reply, r);
+        };
+        let (dcache, ttl) = (dcache.clone(), self.ttl);
+        let answer = Arc::new(Mutex::new(Some((reply, r))));
+        let spawned = std::thread::Builder::new()
+            .name("rdlmfs-lookup".into())
+            .spawn({
+                let answer = answer.clone();
+                move || {
+                    dcache.unalias(old);
+                    if let Some((reply, r)) = take(&answer) {
+                        answer_entry(ttl, reply, r);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot wait for the kernel to let a moved directory go");
+            if let Some((reply, r)) = take(&answer) {
+                self.entry(reply, r);
+            }
+        }
+    }
+}
+
+/// Takes what a thread that may not have started was handed.
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
+fn answer_entry(ttl: Duration, reply: ReplyEntry, r: Result<(FileAttr, u64), Errno>) {
+    match r {
+        Ok((a, generation)) => reply.entry(&ttl, &a, fuse_generation(generation)),
+        Err(e) => reply.error(e),
     }
 }
 
@@ -568,10 +630,10 @@ impl Filesystem for RdlmFuse {
             let a = fs.lookup(p, name.as_bytes(), &c)?;
             Ok((file_attr(fs, &a), a.generation))
         });
-        self.entry(reply, r);
         if let (Some(p), Some(dir)) = (self.prefetch.get(), dir) {
             p.looked_up(dir);
         }
+        self.entry_of_lookup(parent, name, reply, r);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -681,7 +743,7 @@ impl Filesystem for RdlmFuse {
             )?;
             Ok((file_attr(fs, &a), a.generation))
         });
-        self.entry(reply, r);
+        self.entry_of_lookup(parent, name, reply, r);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -702,6 +764,11 @@ impl Filesystem for RdlmFuse {
             self.with(|fs| {
                 let i = ino_in(fs, parent)?;
                 fs.rmdir(i, name.as_bytes(), &c)
+            })
+            .inspect(|()| {
+                if let Some(d) = &self.dcache {
+                    d.removed(&(parent.0, name.as_bytes().to_vec()));
+                }
             }),
         );
     }
@@ -743,10 +810,24 @@ impl Filesystem for RdlmFuse {
         reply: ReplyEmpty,
     ) {
         let c = cred(req);
+        // The kernel holds its rename mutex until this is answered (see
+        // `dcache.rs`).
+        let _in_flight = self
+            .dcache
+            .as_ref()
+            .filter(|_| parent != newparent)
+            .map(|d| d.rename_begins());
         let r = self.with(|fs| {
             let (p, np) = (ino_in(fs, parent)?, ino_in(fs, newparent)?);
             fs.rename(p, name.as_bytes(), np, newname.as_bytes(), flags.bits(), &c)
         });
+        if let (Some(d), Ok(())) = (&self.dcache, &r) {
+            d.renamed(
+                (parent.0, name.as_bytes().to_vec()),
+                (newparent.0, newname.as_bytes().to_vec()),
+                flags.contains(RenameFlags::RENAME_EXCHANGE),
+            );
+        }
         empty(reply, r);
     }
 

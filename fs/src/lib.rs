@@ -30,6 +30,7 @@ pub mod acl;
 pub mod bmap;
 pub mod buf;
 pub mod cluster;
+pub mod dcache;
 pub mod demote;
 pub mod dir;
 pub mod error;

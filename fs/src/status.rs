@@ -93,6 +93,8 @@ pub struct ClusterSource {
     pub jid: u32,
     pub plocks: Arc<Plocks>,
     pub gate: Arc<GatedDevice>,
+    /// Where the kernel has this mount's directories (`dcache.rs`).
+    pub dcache: Option<Arc<crate::dcache::Dcache>>,
 }
 
 fn pct(hits: u64, misses: u64) -> String {
@@ -182,6 +184,14 @@ impl Source {
                         o,
                         "rgrps:    {} kept across a re-grant, {} read, {} passed over as full without loading",
                         s.rgrp_lvb.kept, s.rgrp_lvb.read, s.rgrp_lvb.skipped_full
+                    );
+                }
+                if let Some(d) = self.cluster.as_ref().and_then(|c| c.dcache.as_ref()) {
+                    let d = d.stats();
+                    let _ = writeln!(
+                        o,
+                        "dentries: {} moved directories let go of at their old place, {} not within the wait",
+                        d.unaliased, d.timed_out
                     );
                 }
             }

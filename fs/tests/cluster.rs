@@ -164,7 +164,8 @@ fn start(t: &tempfile::TempDir, n: u32) -> Cluster {
 /// [`start`]; with `cut`, the last node runs in its own network namespace
 /// and everything else talks over the host end of its veth pair, so that
 /// pulling that link cuts the node off from the cluster and the disk.
-/// `node_opts`: mount options (`-o`) added for some nodes.
+/// `node_opts`: mount options (`-o`) added for some nodes; one starting
+/// with `--` is a command-line flag instead (`--min-hold-ms=2500`).
 fn start_net(
     t: &tempfile::TempDir,
     n: u32,
@@ -213,26 +214,29 @@ fn start_net(
                 Some(c) if id == n => Mounted::spawn_in_netns(&c.ns, dev, mnt, log, args),
                 _ => Mounted::spawn_args(dev, mnt, log, args),
             };
+            let mine = || node_opts.iter().filter(|(node, _)| *node == id);
+            let flags = mine().filter(|(_, o)| o.starts_with("--"));
+            let opts = mine().filter(|(_, o)| !o.starts_with("--"));
             spawn(
                 &uri,
                 &t.path().join(format!("node{id}")),
                 &t.path().join(format!("node{id}.log")),
                 &[
-                    "--cluster".into(),
-                    cf.display().to_string(),
-                    "--node".into(),
-                    id.to_string(),
-                    "--nbd-admin".into(),
-                    t.path().join("nbd.admin").display().to_string(),
-                    "-o".into(),
-                    std::env::var("RDLMFS_TEST_FS_LOG")
-                        .map_or("log=info".into(), |l| format!("log={l}"))
-                        + &node_opts
-                            .iter()
-                            .filter(|(node, _)| *node == id)
-                            .map(|(_, o)| format!(",{o}"))
-                            .collect::<String>(),
-                ],
+                    flags.map(|(_, o)| o.to_string()).collect::<Vec<_>>(),
+                    vec![
+                        "--cluster".into(),
+                        cf.display().to_string(),
+                        "--node".into(),
+                        id.to_string(),
+                        "--nbd-admin".into(),
+                        t.path().join("nbd.admin").display().to_string(),
+                        "-o".into(),
+                        std::env::var("RDLMFS_TEST_FS_LOG")
+                            .map_or("log=info".into(), |l| format!("log={l}"))
+                            + &opts.map(|(_, o)| format!(",{o}")).collect::<String>(),
+                    ],
+                ]
+                .concat(),
             )
         })
         .collect();
@@ -1875,5 +1879,50 @@ fn an_unmounting_node_leaves_lvbs_so_others_keep_their_copies() {
         kept1 - kept0,
         t.path().display()
     );
+    stop_and_fsck(c);
+}
+
+/// A directory another node moved to another parent, looked up here at
+/// its new place while a local operation holds its old parent: the
+/// kernel still has it under the old parent and must move that entry,
+/// which needs the old parent's lock. The lookup lets the old entry go
+/// first (`dcache.rs`) and succeeds; without that, the kernel answered
+/// ESTALE, which no local file system does.
+#[test]
+fn a_directory_moved_by_another_node_is_found_while_its_old_parent_is_busy() {
+    let t = tempfile::tempdir().unwrap();
+    // Node 3 keeps what it takes for 2.5 s: long enough for node 1's
+    // create in a/ to wait (holding a/ in the kernel) while node 1 looks
+    // the moved directory up.
+    let c = start_net(&t, 3, None, &[(3, "--min-hold-ms=2500")]);
+    let (n1, n2, n3) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    std::fs::create_dir_all(n1.p("a/d/inner")).unwrap();
+    std::fs::create_dir(n1.p("b")).unwrap();
+    std::fs::write(n1.p("a/d/inner/f"), b"moved").unwrap();
+    // Node 1's kernel has d under a, kept there by an open handle (as a
+    // shell's working directory would).
+    let _held = std::fs::File::open(n1.p("a/d")).unwrap();
+    std::fs::rename(n2.p("a/d"), n2.p("b/d")).expect("rename on node 2");
+    // Nodes 1 and 3 look a/ up (Shared): node 1's create there gets
+    // through its path walk at once, then waits, holding a/ in its
+    // kernel, for node 3 to give its glock up for node 1's Exclusive.
+    assert!(std::fs::metadata(n1.p("a")).unwrap().is_dir());
+    assert!(std::fs::metadata(n3.p("a")).unwrap().is_dir());
+    let busy = n1.p("a/y");
+    let create = std::thread::spawn(move || std::fs::write(busy, b"y"));
+    std::thread::sleep(Duration::from_millis(300));
+    let found = std::fs::metadata(n1.p("b/d"));
+    assert!(
+        matches!(&found, Ok(m) if m.is_dir()),
+        "node 1 looking up b/d: {found:?}; logs in {}",
+        t.path().display()
+    );
+    assert_eq!(read(n1.p("b/d/inner/f")), b"moved");
+    create.join().unwrap().expect("create a/y on node 1");
+    assert!(!n1.p("a/d").exists());
+    let st = status_of(n1);
+    let d = status_numbers(&st, "dentries:", 2);
+    assert!(d[0] >= 1, "no moved directory let go of:\n{st}");
+    assert_eq!(d[1], 0, "a wait ran out:\n{st}");
     stop_and_fsck(c);
 }

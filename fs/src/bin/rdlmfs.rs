@@ -264,8 +264,12 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
     if let Some(p) = &plocks {
         fuse_fs = fuse_fs.clustered(p.clone());
     }
+    let dcache = fuse_fs.dcache();
     let session = fuser::Session::new(fuse_fs, &mountpoint, &config)
         .map_err(|e| format!("mount at {}: {e}", mountpoint.display()))?;
+    if let Some(d) = &dcache {
+        d.set_notifier(session.notifier());
+    }
     let mut demote_tx = None;
     if let Some(j) = joined.as_mut() {
         let kernel = Arc::new(rdlmfs::fuse::Notifier::new(session.notifier(), root));
@@ -317,6 +321,7 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
                 jid: j.jid,
                 plocks: p.clone(),
                 gate: g.clone(),
+                dcache: dcache.clone(),
             }),
             _ => None,
         },
