@@ -488,6 +488,9 @@ impl Glocks {
             Some(m) => lvb_on_release(m, lvb),
             None => lvb,
         };
+        // What the lock now carries, as a new grant would report it (an
+        // empty LVB is an invalid one).
+        let carried = lvb.clone().filter(|b| !b.is_empty());
         let r = match to {
             Some(GlockMode::Shared) => self.proto.demote_to_shared(name, lvb),
             Some(GlockMode::Exclusive) => Ok(()),
@@ -499,10 +502,14 @@ impl Glocks {
         if let Some(e) = t.entries.get_mut(&name) {
             e.busy = false;
             if r.is_ok() {
-                e.mode = to;
-                if to.is_none() {
-                    e.lvb = None;
+                // Down from Exclusive, the grant's LVB predates this
+                // node's own changes: keep the one just written instead,
+                // or a Shared holder that answers from its LVB
+                // (`Fs::lvb_attrs`) would answer with the old inode.
+                if held == Some(GlockMode::Exclusive) || to.is_none() {
+                    e.lvb = if to.is_none() { None } else { carried };
                 }
+                e.mode = to;
             }
         }
         if r.is_ok() {
@@ -705,6 +712,26 @@ mod tests {
         assert_eq!(g.begin_demote(n), DemoteClaim::NotHeld);
         assert_eq!(g.stats().demoted, 2);
         assert_eq!(proto.0.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_down_conversion_keeps_the_lvb_it_wrote_not_the_grants() {
+        let g = Glocks::new(Arc::new(Remote(Mutex::new(Vec::new()))));
+        let n = GlockName::inode(9);
+        g.acquire(n, GlockMode::Exclusive).unwrap();
+        assert_eq!(g.lvb(n), Some(vec![7; 8]), "the grant's");
+        assert_eq!(
+            g.begin_demote(n),
+            DemoteClaim::Claimed(GlockMode::Exclusive)
+        );
+        g.finish_demote(n, Some(GlockMode::Shared), Some(vec![1; 8]))
+            .unwrap();
+        assert_eq!(g.lvb(n), Some(vec![1; 8]));
+        // An Exclusive holder that leaves no LVB leaves an invalid one.
+        g.acquire(n, GlockMode::Exclusive).unwrap();
+        g.begin_demote(n);
+        g.finish_demote(n, Some(GlockMode::Shared), None).unwrap();
+        assert_eq!(g.lvb(n), None);
     }
 
     #[test]
