@@ -506,8 +506,10 @@ impl Glocks {
                 // node's own changes: keep the one just written instead,
                 // or a Shared holder that answers from its LVB
                 // (`Fs::lvb_attrs`) would answer with the old inode.
-                if held == Some(GlockMode::Exclusive) || to.is_none() {
-                    e.lvb = if to.is_none() { None } else { carried };
+                match to {
+                    None => e.lvb = None,
+                    Some(_) if held == Some(GlockMode::Exclusive) => e.lvb = carried,
+                    Some(_) => {}
                 }
                 e.mode = to;
             }

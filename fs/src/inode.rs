@@ -101,7 +101,8 @@ impl Fs {
 
     /// The attributes of `ino` from its glock's LVB, without the dinode:
     /// only while this node holds the glock Shared (nobody, this node
-    /// included, can have changed the inode since the grant) and has no
+    /// included, can have changed the inode since the LVB was written, at
+    /// the grant or at this node's own down-conversion) and has no
     /// copy of the dinode. None: read the dinode.
     pub(crate) fn lvb_attrs(&mut self, ino: u64) -> Result<Option<(u64, LvbAttrs)>> {
         if !self.glocks.is_clustered() || self.inodes.contains_key(&ino) {
